@@ -1,0 +1,138 @@
+"""Model configuration: every architectural choice of METHOD.md is a field here."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BackboneFamily = Literal["swin", "swinv2", "vit"]
+
+
+class StrictModel(BaseModel):
+    """Base for every spec model: unknown keys are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+class EncoderConfig(StrictModel):
+    """A timm encoder named by its registry name plus the size fields that change it.
+
+    Only fields that are set are passed to `timm.create_model`, so the timm defaults of the
+    named model stand for everything else.
+    """
+
+    timm_name: str = Field(
+        "swin_base_patch4_window7_224",
+        description="timm model name of a Swin, SwinV2 or ViT model",
+        examples=["swin_base_patch4_window7_224", "swinv2_base_window8_256",
+                  "vit_base_patch16_224"],
+    )
+    img_size: int = Field(192, ge=16, le=4096)
+    patch_size: int | None = Field(None, ge=1, le=64)
+    window_size: int | None = Field(None, ge=1, le=64, description="Swin/SwinV2 only")
+    embed_dim: int | None = Field(None, ge=8, le=4096)
+    depths: list[int] | None = Field(None, min_length=1, max_length=8,
+                                     description="Swin/SwinV2: blocks per stage")
+    depth: int | None = Field(None, ge=1, le=64, description="ViT: number of blocks")
+    num_heads: int | list[int] | None = None
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def family(self) -> BackboneFamily:
+        if self.timm_name.startswith("swinv2"):
+            return "swinv2"
+        if self.timm_name.startswith("swin"):
+            return "swin"
+        return "vit"
+
+    @property
+    def effective_patch_size(self) -> int:
+        """The patch size timm will use: the field, else the `patchN` in the name."""
+        if self.patch_size is not None:
+            return self.patch_size
+        found = re.search(r"patch(\d+)", self.timm_name)
+        if found:
+            return int(found.group(1))
+        if self.family != "vit":
+            return 4
+        raise ValueError(f"cannot tell the patch size of {self.timm_name!r}; set patch_size")
+
+    @model_validator(mode="after")
+    def _check_family_fields(self) -> EncoderConfig:
+        name = self.timm_name
+        if not (name.startswith("swin") or name.startswith("vit_")):
+            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
+        if self.family == "vit" and (self.window_size is not None or self.depths is not None):
+            raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
+        if self.family != "vit" and self.depth is not None:
+            raise ValueError("depth is a ViT field; a Swin takes depths (one per stage)")
+        return self
+
+    def timm_kwargs(self) -> dict:
+        """Constructor arguments for `timm.create_model(timm_name, **kwargs)`, head-less."""
+        fields = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "depth",
+                  "num_heads", "drop_path_rate")
+        kwargs = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+        for key in ("depths", "num_heads"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        kwargs["num_classes"] = 0
+        return kwargs
+
+
+class MaskConfig(StrictModel):
+    """SimMIM mask generator plus SG-MIM's structured mask (1 = masked, everywhere)."""
+
+    mask_patch_size: int = Field(32, ge=1, le=512)
+    ratio: float = Field(0.6, gt=0.0, lt=1.0)
+    structured: Literal["complementary", "random"] = Field(
+        "complementary",
+        description="complementary: M_S = 1 - M_I (the paper's selective guidance masking); "
+                    "random: an independent mask at the same ratio (paper Table 6 ablation)",
+    )
+
+
+class GuidanceConfig(StrictModel):
+    """The relational guidance framework; `enabled: false` is SimMIM."""
+
+    enabled: bool = True
+    extractor: Literal["mlp", "transformer", "siamese"] = Field(
+        "mlp", description="structured-feature extractor, paper Table 5")
+    fusion_heads: int = Field(8, ge=1, le=64)
+    fusion_mlp_ratio: float = Field(4.0, gt=0.0, le=16.0)
+    position_embedding: bool = Field(
+        True, description="learned absolute position embedding on both fusion streams "
+                          "(the authors' later code)")
+
+
+class LossConfig(StrictModel):
+    lambda_image: float = Field(1.0, ge=0.0)
+    lambda_struct: float = Field(1.0, ge=0.0)
+    depth_trim: float = Field(
+        0.1, ge=0.0, lt=0.5,
+        description="fraction dropped at each end before standardising the depth target")
+
+
+class ModelConfig(StrictModel):
+    encoder: EncoderConfig = EncoderConfig(window_size=6)  # Swin-B/192/window 6, the paper's
+    mask: MaskConfig = MaskConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
+    loss: LossConfig = LossConfig()
+
+    @model_validator(mode="after")
+    def _check_mask_grid(self) -> ModelConfig:
+        size, cell = self.encoder.img_size, self.mask.mask_patch_size
+        if size % cell:
+            raise ValueError(f"encoder.img_size {size} is not a multiple of "
+                             f"mask.mask_patch_size {cell}")
+        patch = self.encoder.effective_patch_size
+        if cell % patch:
+            raise ValueError(f"mask.mask_patch_size {cell} is not a multiple of the encoder's "
+                             f"patch size {patch}")
+        cells = (size // cell) ** 2
+        if cells < 2:
+            raise ValueError(f"mask grid has {cells} cell; need at least 2 to mask some and "
+                             "keep some visible")
+        return self

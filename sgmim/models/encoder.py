@@ -1,0 +1,78 @@
+"""A timm Swin / SwinV2 / ViT with SimMIM's mask token.
+
+The backbone is the unmodified timm model (head-less), so its state dict loads strictly into
+`timm.create_model(timm_name, **timm_kwargs)`. Masking happens between the patch embedding and
+the blocks: masked patch embeddings are replaced by a learned `mask_token`.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from timm.layers import trunc_normal_
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer_v2 import SwinTransformerV2
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from sgmim.models.config import EncoderConfig
+
+
+class MaskedEncoder(nn.Module):
+    def __init__(self, config: EncoderConfig, in_chans: int = 3):
+        super().__init__()
+        self.config = config
+        self.timm_kwargs = config.timm_kwargs()
+        if in_chans != 3:
+            self.timm_kwargs["in_chans"] = in_chans
+        self.backbone = timm.create_model(config.timm_name, pretrained=False, **self.timm_kwargs)
+        if not isinstance(self.backbone, SwinTransformer | SwinTransformerV2 | VisionTransformer):
+            raise ValueError(f"{config.timm_name!r} is a {type(self.backbone).__name__}, "
+                             "not a Swin, SwinV2 or ViT")
+        self.is_vit = isinstance(self.backbone, VisionTransformer)
+        self.embed_dim = self.backbone.patch_embed.proj.out_channels
+        self.patch_size = self.backbone.patch_embed.patch_size[0]
+        self.grid_size = tuple(self.backbone.patch_embed.grid_size)
+        self.out_dim = self.backbone.num_features
+        self.out_stride = self.patch_size * (1 if self.is_vit else 2 ** (len(self.backbone.layers) - 1))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, self.embed_dim))
+        trunc_normal_(self.mask_token, std=0.02)
+
+    @property
+    def out_grid(self) -> tuple[int, int]:
+        return self.grid_size[0] * self.patch_size // self.out_stride, \
+            self.grid_size[1] * self.patch_size // self.out_stride
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, H, W) → patch embeddings (B, h, w, D)."""
+        tokens = self.backbone.patch_embed(x)
+        if self.is_vit:  # timm's ViT patch embedding flattens to (B, h·w, D)
+            tokens = tokens.reshape(x.shape[0], *self.grid_size, -1)
+        return tokens
+
+    def apply_mask(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """tokens: (B, h, w, D); mask: (B, h, w), 1 = masked → masked tokens replaced."""
+        if mask is None:
+            return tokens
+        w = mask.unsqueeze(-1).to(tokens.dtype)
+        return tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings (B, h, w, D) → last-stage features after the final norm (B, C, h', w')."""
+        net = self.backbone
+        if self.is_vit:
+            x = net._pos_embed(tokens.flatten(1, 2))
+            x = net.norm_pre(net.patch_drop(x))
+            x = net.norm(net.blocks(x))
+            x = x[:, net.num_prefix_tokens:]
+            return x.transpose(1, 2).reshape(x.shape[0], -1, *self.out_grid)
+        x = net.norm(net.layers(tokens))
+        return x.permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C_in, H, W); mask: (B, h, w) on the patch grid, 1 = masked → (B, C, h', w')."""
+        return self.encode_tokens(self.apply_mask(self.embed(x), mask))
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights that load with strict=True into `timm.create_model(timm_name, **timm_kwargs)`."""
+        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}

@@ -1,0 +1,31 @@
+"""SG-MIM losses and the depth target. Masks: 1 = masked, broadcast over channels."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean L1 over the pixels where `mask` is 1.
+
+    pred, target: (B, C, H, W); mask: (B, 1, H, W). Normalised by (masked pixels · C), as
+    SimMIM's `(l1 * mask).sum() / (mask.sum() + 1e-5) / in_chans`.
+    """
+    error = (pred - target).abs() * mask
+    return error.sum() / (mask.sum() * pred.shape[1] + 1e-5)
+
+
+def truncated_standardise(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """Per-image truncated standardisation (MultiMAE / the SG-MIM authors' code).
+
+    depth: (B, 1, H, W). The lowest and highest `trim` fraction of each image's values are left
+    out of its mean and variance; every pixel is then `(d - mean) / sqrt(var + eps)`.
+    """
+    flat = depth.flatten(1).float()
+    n = flat.shape[1]
+    cut = int(n * trim)
+    kept = flat.sort(dim=1).values[:, cut: n - cut]
+    mean = kept.mean(dim=1)
+    var = kept.var(dim=1, unbiased=False)
+    standardised = (flat - mean[:, None]) / torch.sqrt(var[:, None] + eps)
+    return standardised.view_as(depth).to(depth.dtype)
