@@ -1,0 +1,64 @@
+"""Optimisation, schedule and DeepSpeed sections of the job spec."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sgmim.models.config import StrictModel
+
+
+class OptimConfig(StrictModel):
+    """AdamW with the linear scaling rule: lr = base_lr · total_batch / lr_reference_batch."""
+
+    base_lr: float = Field(2e-4, gt=0.0, le=10.0)
+    warmup_lr: float = Field(1e-6, ge=0.0, description="scaled like base_lr")
+    min_lr: float = Field(1e-5, ge=0.0, description="scaled like base_lr")
+    lr_reference_batch: int = Field(512, ge=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    schedule: Literal["cosine", "step", "poly"] = "cosine"
+    warmup_epochs: float = Field(10.0, ge=0.0)
+    step_milestones: list[float] = Field(
+        default_factory=list, description="step schedule: epochs at which lr is multiplied by step_gamma")
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    poly_power: float = Field(0.9, gt=0.0)
+    clip_grad: float | None = Field(5.0, gt=0.0)
+    layer_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="fine-tuning: layer-wise lr decay (None = off)")
+
+
+class ScheduleConfig(StrictModel):
+    """How long and in what chunks; exactly one of epochs and steps."""
+
+    batch_size: int = Field(64, ge=1, le=65536, description="per process, per micro-step")
+    accumulation: int = Field(1, ge=1, le=1024)
+    epochs: float | None = Field(None, gt=0)
+    steps: int | None = Field(None, ge=1, description="optimiser steps")
+    log_every: int = Field(10, ge=1, description="steps between metric lines")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_length(self) -> ScheduleConfig:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("set exactly one of epochs and steps")
+        return self
+
+
+class DeepSpeedConfig(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    offload_optimizer: bool = False
+    offload_params: bool = Field(False, description="ZeRO-3 only")
+    compile: bool = Field(False, description="torch.compile the model (engine.compile)")
+
+    @model_validator(mode="after")
+    def _check_offload(self) -> DeepSpeedConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
