@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from sgmim.cli.data import data_app
+
 app = typer.Typer(
     name="sgmim",
     help="SG-MIM training service: pretrain, fine-tune and evaluate depth-guided MIM encoders.",
@@ -11,6 +13,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+from sgmim.cli.train import train  # noqa: E402
+
+app.command()(train)
+
+app.add_typer(data_app, name="data")
 
 
 @app.command()

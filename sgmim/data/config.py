@@ -4,31 +4,106 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sgmim.models.config import StrictModel
 
+Size = int | tuple[int, int]
+
+
+def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"{name} must be (low, high), got {value}")
+    return value
+
 
 class AugmentConfig(StrictModel):
-    """Paired geometric augmentation (same crop and flip for image, depth and labels)."""
+    """Paired geometric augmentation (same crop and flip for image, depth and labels) plus
+    photometric augmentation of the image only."""
 
-    crop_scale: tuple[float, float] = Field((0.67, 1.0), description="RandomResizedCrop area range")
+    crop_scale: tuple[float, float] = Field(
+        (0.67, 1.0), description="RandomResizedCrop area range, fraction of the image; (1, 1) with "
+                                 "crop_ratio (1, 1) is a plain random crop without resizing")
     crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect range")
-    hflip: bool = True
-    color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="photometric, image only")
+    hflip: bool = Field(True, description="random horizontal flip with probability 0.5")
+    color_jitter: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="photometric strength c, image only: brightness, contrast, saturation and "
+                    "per-channel gain each drawn from [1 - c, 1 + c]")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= 1.0 or not 0.0 < value[1] <= 1.0:
+            raise ValueError(f"crop_scale must lie in (0, 1], got {value}")
+        return _ordered_pair(value, "crop_scale")
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _check_ratio(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] <= 0:
+            raise ValueError(f"crop_ratio must be positive, got {value}")
+        return _ordered_pair(value, "crop_ratio")
+
+    @property
+    def resizes(self) -> bool:
+        """False when the crop is a plain random crop (area 1, aspect 1: no resampling)."""
+        return self.crop_scale != (1.0, 1.0) or self.crop_ratio != (1.0, 1.0)
+
+
+class PseudoDepthConfig(StrictModel):
+    """How far synthetic structured knowledge is from the truth (a monocular network's errors)."""
+
+    blur: float = Field(0.01, ge=0.0, le=0.2,
+                        description="Gaussian blur sigma as a fraction of the longer image side")
+    bias: float = Field(0.15, ge=0.0, le=1.0,
+                        description="amplitude of the multiplicative low-frequency bias field")
+    edge_shift: float = Field(0.01, ge=0.0, le=0.2,
+                              description="largest drift of depth edges, fraction of the longer side")
+    noise: float = Field(0.01, ge=0.0, le=0.5, description="std of additive noise on the [0, 1] map")
+    shift: float = Field(0.3, ge=0.0, le=10.0,
+                         description="largest additive shift of inverse depth, relative to its median")
+    min_range: float = Field(0.7, gt=0.0, le=1.0,
+                             description="the normalised map spans a random part of [0, 1] at least "
+                                         "this long (random scale and shift)")
+
+
+class SyntheticConfig(StrictModel):
+    """Procedural indoor RGB-D scenes (used when the source or dataset is `synthetic`)."""
+
+    render_size: Size | None = Field(
+        None, description="rendered (H, W) or square side; default: the model's img_size for "
+                          "pretraining, 192 for downstream")
+    num_objects: tuple[int, int] = Field((4, 10), description="boxes, spheres and cylinders per scene")
+    pseudo_depth: PseudoDepthConfig = PseudoDepthConfig()
+    cache_mb: int = Field(
+        512, ge=0, description="keep rendered scenes in memory up to this size per process "
+                               "(0: render every time)")
+
+    @field_validator("num_objects")
+    @classmethod
+    def _check_objects(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] < 0:
+            raise ValueError(f"num_objects must be >= 0, got {value}")
+        return _ordered_pair(value, "num_objects")
 
 
 class PretrainDataConfig(StrictModel):
     """Images plus a structured-knowledge (pseudo-depth) map per image."""
 
-    source: Literal["synthetic", "image_folder"] = "synthetic"
+    source: Literal["synthetic", "image_folder"] = Field(
+        "synthetic", description="synthetic: procedural scenes with pseudo-depth; image_folder: "
+                                 "root/images/<path>.(jpg|png) with root/depth/<path>.(png|npy)")
     root: str | None = Field(None, description="image_folder: folder holding images/ and depth/")
     num_images: int | None = Field(
-        None, ge=1, description="synthetic: scenes rendered per epoch; image_folder: use only the first N")
-    seed: int = Field(0, ge=0, description="synthetic: first scene seed of the training split")
-    augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(2, ge=0, le=64)
-    strict: bool = Field(False, description="fail on a corrupt file instead of skipping it")
+        None, ge=1, description="synthetic: scenes per epoch (default 1024); image_folder: use only "
+                                "the first N (sorted by path)")
+    seed: int = Field(0, ge=0, description="first scene seed of the split (synthetic) and the seed of "
+                                           "augmentation and masks: item i of epoch e uses (seed, e, i)")
+    augment: AugmentConfig = Field(AugmentConfig(), description="paired crop/flip, photometric jitter")
+    synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")
+    num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
+    strict: bool = Field(False, description="fail on a corrupt or missing file instead of skipping it")
 
     @model_validator(mode="after")
     def _check_source(self) -> PretrainDataConfig:
@@ -45,15 +120,27 @@ DownstreamDataset = Literal["synthetic", "kitti", "nyu", "ade20k", "folder"]
 class DownstreamDataConfig(StrictModel):
     """A labelled dataset for fine-tuning or evaluation (depth in metres, or class labels)."""
 
-    dataset: DownstreamDataset = "synthetic"
+    dataset: DownstreamDataset = Field(
+        "synthetic", description="synthetic scenes, KITTI (Eigen split), NYU-v2, ADE20K, or a folder "
+                                 "with <split>/images, <split>/gt_depth and <split>/labels")
     root: str | None = Field(None, description="dataset root on the worker's disk")
     train_split: str = Field("train", description="split name or split-file path")
     val_split: str = Field("val", description="split name or split-file path")
-    num_images: int | None = Field(None, ge=1, description="synthetic: scenes per split; others: cap")
-    crop_size: int | tuple[int, int] = Field(352, description="training crop (square if one number)")
-    augment: AugmentConfig = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
-    num_workers: int = Field(2, ge=0, le=64)
-    strict: bool = False
+    num_images: int | None = Field(
+        None, ge=1, description="synthetic: scenes per split (default 256); others: use the first N")
+    crop_size: Size | None = Field(
+        None, description="training crop (H, W) or square side; default per dataset: KITTI 352, "
+                          "NYU (448, 576), ADE20K 512, synthetic and folder: the whole image")
+    depth_scale: float | None = Field(
+        None, gt=0.0, description="folder: 16-bit PNG value / depth_scale = metres (default 1000); "
+                                  ".npy depth is read as metres")
+    seed: int = Field(0, ge=0, description="synthetic: first scene seed of each split; augmentation "
+                                           "of item i in epoch e uses (seed, e, i)")
+    augment: AugmentConfig = Field(AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)),
+                                   description="training augmentation (never applied in eval mode)")
+    synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")
+    num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
+    strict: bool = Field(False, description="fail on a corrupt or missing file instead of skipping it")
 
     @model_validator(mode="after")
     def _check_root(self) -> DownstreamDataConfig:

@@ -1,0 +1,3 @@
+from sgmim.cli import app
+
+app(prog_name="sgmim")

@@ -1,0 +1,114 @@
+"""Pretraining samples: an image, its structured-knowledge map and the two masks.
+
+Item i of epoch e is a pure function of (cfg.seed, e, i): every random draw (crop, flip,
+jitter, masks) comes from one NumPy Generator seeded with that triple, so a resumed run sees
+exactly the data the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sgmim.data.cache import SharedCache
+from sgmim.data.config import PretrainDataConfig, Size
+from sgmim.data.errors import SkipPolicy
+from sgmim.data.image_folder import ImageFolderSource
+from sgmim.data.synthetic import render_scene, split_seeds
+from sgmim.data.transforms import SMOOTH, augment_pair, image_to_tensor, normalize
+
+MaskFn = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def as_hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class PairSource(Protocol):
+    def __len__(self) -> int: ...
+    def name(self, index: int) -> str: ...
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class SyntheticSource:
+    """Procedural scenes of one split; the pseudo-depth is the structured knowledge."""
+
+    def __init__(self, cfg: PretrainDataConfig, size: Size, split: str):
+        self.seeds = split_seeds(split, cfg.seed, cfg.num_images)
+        self.size = as_hw(size)
+        self.synthetic = cfg.synthetic
+        h, w = self.size
+        spec = {"rgb": ((h, w, 3), np.uint8), "depth": ((h, w), np.float32)}
+        self.cache = SharedCache(len(self.seeds), spec, cfg.synthetic.cache_mb << 20)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def name(self, index: int) -> str:
+        return f"scene_{self.seeds[index]:010d}"
+
+    def _render(self, index: int) -> dict[str, np.ndarray]:
+        scene = render_scene(self.seeds[index], self.size, self.synthetic.pseudo_depth,
+                             self.synthetic.num_objects)
+        return {"rgb": scene.rgb, "depth": scene.pseudo_depth}
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        item = self.cache.get(index, self._render)
+        return item["rgb"], item["depth"]
+
+
+class PretrainDataset(Dataset):
+    """Items: `image` (3, S, S) float32 ImageNet-normalised, `depth` (1, S, S) float32 in [0, 1],
+    `image_mask` and `struct_mask` (h, w) uint8 on the patch grid (1 = masked)."""
+
+    def __init__(self, source: PairSource, cfg: PretrainDataConfig, img_size: int, mask_generator: MaskFn):
+        self.source = source
+        self.cfg = cfg
+        self.size = (img_size, img_size)
+        self.mask_generator = mask_generator
+        self.policy = SkipPolicy(cfg.strict)
+        # In shared memory so that persistent DataLoader workers see set_epoch too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation and masks of `epoch`; call before iterating over it."""
+        self._epoch.fill_(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+        _, (rgb, depth) = self.policy.load(index, len(self.source), self.source.load)
+        sample = {"image": image_to_tensor(rgb), "depth": torch.tensor(depth)[None]}
+        sample = augment_pair(sample, {"image": SMOOTH, "depth": SMOOTH}, rng, self.cfg.augment, self.size)
+        image_mask, struct_mask = self.mask_generator(rng)
+        return {
+            "image": normalize(sample["image"]).contiguous(),
+            "depth": sample["depth"].contiguous(),
+            "image_mask": torch.from_numpy(np.ascontiguousarray(image_mask, dtype=np.uint8)),
+            "struct_mask": torch.from_numpy(np.ascontiguousarray(struct_mask, dtype=np.uint8)),
+        }
+
+
+def build_pretrain_dataset(cfg: PretrainDataConfig, img_size: int, mask_generator: MaskFn,
+                           split: str = "train") -> PretrainDataset:
+    """Pretraining pairs with per-sample masks; call `set_epoch(e)` on it before each epoch.
+
+    `synthetic`: `cfg.num_images` scenes from the split's seed range, rendered at
+    `cfg.synthetic.render_size` (default `img_size`). `image_folder`: `root/images` with
+    `root/depth` (or `root/<split>/...`).
+    """
+    if cfg.source == "synthetic":
+        source = SyntheticSource(cfg, cfg.synthetic.render_size or img_size, split)
+    else:
+        source = ImageFolderSource(cfg.root, split, SkipPolicy(cfg.strict), cfg.num_images)
+    return PretrainDataset(source, cfg, img_size, mask_generator)

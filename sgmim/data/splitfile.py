@@ -1,0 +1,72 @@
+"""Split files as BTS and GLPDepth write them: one sample per line,
+`<image path> <ground-truth path> [focal]`, paths relative to the dataset root (or to one of
+the folders a dataset conventionally keeps them in). A ground truth of `None` means none."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sgmim.data.errors import DataError, SkipPolicy, log
+
+
+@dataclass(frozen=True)
+class Entry:
+    image: Path
+    target: Path
+
+
+def find_split_file(root: Path, split: str, defaults: dict[str, str]) -> Path:
+    """`split` as a path (absolute or under root), else the dataset's default file for a name."""
+    candidates = [Path(split), root / split]
+    if split in defaults:
+        candidates.append(root / defaults[split])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(defaults))
+    raise DataError(f"split {split!r}: no split file at {' or '.join(str(c) for c in candidates[1:])}; "
+                    f"expected a split-file path or one of {names} with its file under {root}")
+
+
+def _resolve(root: Path, relative: str, bases: tuple[str, ...], last: list[str]) -> Path | None:
+    """The first `root/base/relative` that exists; `last` remembers the base that worked, which
+    is almost always the next line's too."""
+    relative = relative.lstrip("/")
+    for base in dict.fromkeys(last + list(bases)):
+        path = root / base / relative
+        if path.is_file():
+            last[:] = [base]
+            return path
+    return None
+
+
+def read_split_file(path: Path, root: Path, image_bases: tuple[str, ...], target_bases: tuple[str, ...],
+                    policy: SkipPolicy) -> list[Entry]:
+    """Entries whose image and ground truth exist; lines without ground truth are left out and
+    lines whose files are missing are reported (an error in strict mode)."""
+    entries, missing, no_target = [], [], 0
+    image_base, target_base = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise DataError(f"{path}:{number}: expected '<image path> <ground-truth path> [focal]', "
+                            f"got {line!r}")
+        if parts[1] == "None":
+            no_target += 1
+            continue
+        image = _resolve(root, parts[0], image_bases, image_base)
+        target = _resolve(root, parts[1], target_bases, target_base)
+        if image is None or target is None:
+            missing.append(f"line {number} ({parts[0] if image is None else parts[1]})")
+        else:
+            entries.append(Entry(image, target))
+    if no_target:
+        log.info("%s: %d lines have no ground truth ('None') and are left out", path, no_target)
+    tried = ", ".join(str(root / b) for b in dict.fromkeys(image_bases + target_bases))
+    policy.report_missing(f"lines of {path}", missing, f"their files under one of {tried}")
+    if not entries:
+        raise DataError(f"{path}: no line names an image and a ground truth that exist under {root}")
+    return entries

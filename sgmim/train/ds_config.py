@@ -1,0 +1,48 @@
+"""The DeepSpeed config, rendered from the job spec (written to `ds_config.json` in the run dir).
+
+Precision has one path: DeepSpeed's `torch_autocast` (fp32 master weights, bf16/fp16 compute, a
+grad scaler for fp16). DeepSpeed's full-bf16 mode casts the whole model, which breaks timm's
+Swin attention (its fp32 mask buffer meets bf16 activations).
+"""
+
+from __future__ import annotations
+
+from sgmim.train.config import DeepSpeedConfig, ScheduleConfig
+from sgmim.train.distributed import DistEnv
+
+
+class PrecisionError(ValueError):
+    pass
+
+
+def resolve_precision(requested: str, on_gpu: bool) -> str:
+    if requested == "auto":
+        return "bf16" if on_gpu else "fp32"
+    if requested == "fp16" and not on_gpu:
+        raise PrecisionError("deepspeed.precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return requested
+
+
+def build_ds_config(ds: DeepSpeedConfig, schedule: ScheduleConfig, clip_grad: float | None,
+                    env: DistEnv, load_universal: bool = False) -> dict:
+    precision = resolve_precision(ds.precision, env.on_gpu)
+    zero: dict = {"stage": ds.zero_stage}
+    config = {
+        "train_micro_batch_size_per_gpu": schedule.batch_size,
+        "gradient_accumulation_steps": schedule.accumulation,
+        "train_batch_size": schedule.batch_size * schedule.accumulation * env.world_size,
+        "zero_optimization": zero,
+        "gradient_clipping": clip_grad or 0.0,
+        "steps_per_print": 2 ** 31 - 1,  # the trainer logs its own metrics
+        "torch_autocast": {"enabled": precision != "fp32",
+                           "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")},
+        "checkpoint": {"load_universal": load_universal},
+    }
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": env.on_gpu}
+        # The client optimiser is torch's AdamW on the offloaded fp32 copies; DeepSpeed's CPUAdam
+        # would be a JIT-compiled op build on every fresh machine.
+        config["zero_force_ds_cpu_optimizer"] = False
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": env.on_gpu}
+    return config

@@ -1,0 +1,66 @@
+"""Commands that start a training run: one process in place, or N local processes (and M nodes)
+through torchrun, which sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_* for every rank."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sgmim.train.distributed import free_port
+
+
+@dataclass(frozen=True)
+class Launch:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = field(default_factory=free_port)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+def command(spec_path: Path, run_dir: Path, launch: Launch) -> list[str]:
+    """The argv of one node's launcher (no `--local_rank`: ranks come from the environment)."""
+    entry = ["-m", "sgmim.train", str(spec_path), "--run-dir", str(run_dir)]
+    if launch.world_size == 1:
+        return [sys.executable, *entry]
+    return [sys.executable, "-m", "torch.distributed.run",
+            f"--nproc_per_node={launch.nproc_per_node}", f"--nnodes={launch.nnodes}",
+            f"--node_rank={launch.node_rank}", f"--master_addr={launch.master_addr}",
+            f"--master_port={launch.master_port}", "--max_restarts=0", *entry]
+
+
+def environment(launch: Launch, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the launcher: unbuffered output, and on a CPU-only box the cores split
+    between local ranks (two ranks on two cores each wanting every core is ~3× slower)."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    if launch.world_size == 1:
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR=launch.master_addr,
+                   MASTER_PORT=str(launch.master_port))
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc_per_node)))
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (PR_SET_PDEATHSIG).
+
+    torchrun starts every rank in a session of its own, so a signal to the launcher's process
+    group does not reach the ranks; and a supervisor killed with -9 cannot forward anything.
+    Used as the launcher's `preexec_fn` and by every rank that torchrun started, so that no
+    process of a run outlives the process that started it."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)

@@ -1,0 +1,110 @@
+"""The per-rank entry point (`python -m sgmim.train SPEC --run-dir DIR`): what every launcher runs.
+
+Exit codes: 0 done, 2 bad spec or input, 3 non-finite loss, 1 anything else. The reason is the
+last line of `train.log`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sgmim.config import AnyJob, SpecError, load_spec
+from sgmim.train.checkpoint import atomic_write_text
+from sgmim.train.distributed import DistEnv, init_distributed, read_env
+from sgmim.train.launch import die_with_parent
+
+log = logging.getLogger("sgmim.train")
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 1, 2, 3
+
+
+def setup_logging(run_dir: Path, env: DistEnv) -> None:
+    """Every rank appends to `train.log` (one line per record, so ranks interleave by line);
+    rank 0 also prints to stdout."""
+    fmt = logging.Formatter(f"%(asctime)s [rank {env.rank}] %(levelname)s %(message)s",
+                            "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log")]
+    if env.is_main:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    root = logging.getLogger("sgmim")  # the trainer's and the data layer's records
+    root.handlers.clear()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def make_task(spec: AnyJob, env: DistEnv):
+    if spec.kind == "pretrain":
+        from sgmim.train.pretrain import PretrainTask
+
+        return PretrainTask(spec, env)
+    if spec.kind == "finetune":
+        from sgmim.train.finetune import FinetuneTask
+
+        return FinetuneTask(spec, env)
+    raise ValueError(f"job kind {spec.kind!r} does not train")
+
+
+def run(spec: AnyJob, run_dir: Path) -> int:
+    from sgmim.data import DataError
+    from sgmim.train.checkpoint import ResumeError
+    from sgmim.train.ds_config import PrecisionError
+    from sgmim.train.trainer import DataTooSmall, NonFiniteLoss, Trainer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = read_env()
+    setup_logging(run_dir, env)
+    if env.is_main and not (run_dir / "spec.json").exists():
+        atomic_write_text(run_dir / "spec.json", spec.model_dump_json(indent=2))
+    try:
+        if spec.kind == "evaluate":
+            from sgmim.train.evaluate import run_evaluation
+
+            run_evaluation(spec, run_dir, env)
+            return EXIT_OK
+        init_distributed(env)
+        log.info("%s job %r on %s, %d process(es)", spec.kind, spec.name, env.device, env.world_size)
+        trainer = Trainer(make_task(spec, env), env, run_dir)
+        trainer.setup()
+        trainer.fit()
+    except NonFiniteLoss as exc:
+        log.error("%s", exc)
+        return EXIT_NONFINITE
+    except (DataTooSmall, DataError, PrecisionError, ResumeError, SpecError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+    except Exception:
+        log.exception("training failed")
+        return EXIT_ERROR
+    log.info("done")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sgmim.train", description=__doc__)
+    parser.add_argument("spec", type=Path, help="job spec (YAML or JSON)")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank of torchrun: in a session of its own
+        die_with_parent()
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"invalid job spec {args.spec}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    code = run(spec, args.run_dir)
+    _shutdown()
+    return code
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

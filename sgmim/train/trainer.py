@@ -1,0 +1,230 @@
+"""The training loop every job runs: DeepSpeed engine, metrics, checkpoints, resume, export.
+
+The same code runs on a laptop CPU (gloo, fp32) and on GPUs (NCCL, bf16 autocast), in one
+process or many; ranks come from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from sgmim.train.checkpoint import (
+    atomic_write_json,
+    consolidated_state_dict,
+    latest_tag,
+    prune,
+    saved_world_size,
+    tag_for,
+    to_universal,
+)
+from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
+from sgmim.train.ds_config import build_ds_config
+from sgmim.train.metrics import MetricsWriter, WindowMeter
+from sgmim.train.optim import LRSchedule, ScheduledLR
+from sgmim.train.sampler import ResumableSampler
+from sgmim.train.task import TrainTask
+
+log = logging.getLogger("sgmim.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, what: str = "the loss"):
+        self.step = step
+        super().__init__(f"{what} is not finite at step {step}; the run stopped without saving "
+                         "this step (lower the learning rate or check the data)")
+
+
+class DataTooSmall(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the run is cut: derived from the dataset size and the spec."""
+
+    steps_per_epoch: int
+    total_steps: int
+    samples_per_step: int   # per rank: micro-batch × accumulation
+    total_batch: int        # all ranks
+
+    @classmethod
+    def make(cls, task: TrainTask, num_samples: int, world_size: int) -> Plan:
+        sch = task.schedule
+        per_rank_step = sch.batch_size * sch.accumulation
+        steps_per_epoch = (num_samples // world_size) // per_rank_step
+        if steps_per_epoch < 1:
+            raise DataTooSmall(f"the dataset has {num_samples} samples, fewer than one optimiser "
+                               f"step needs ({per_rank_step * world_size}: batch_size "
+                               f"{sch.batch_size} × accumulation {sch.accumulation} × "
+                               f"{world_size} processes)")
+        total = sch.steps if sch.steps is not None else math.ceil(sch.epochs * steps_per_epoch)
+        return cls(steps_per_epoch, total, per_rank_step, per_rank_step * world_size)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, task: TrainTask, env: DistEnv, run_dir: Path):
+        self.task, self.env, self.run_dir = task, env, run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
+
+    def setup(self) -> None:
+        import deepspeed
+
+        task, env = self.task, self.env
+        torch.manual_seed(task.schedule.seed + env.rank)
+        model = task.build_model()
+        self.dataset = task.build_dataset(model)
+        self.plan = Plan.make(task, len(self.dataset), env.world_size)
+        self.lr = LRSchedule.from_config(task.optim, self.plan.total_batch,
+                                         self.plan.steps_per_epoch, self.plan.total_steps)
+        optimizer = torch.optim.AdamW(task.param_groups(model), lr=self.lr.peak_lr,
+                                      betas=task.optim.betas, eps=task.optim.eps, fused=env.on_gpu)
+        scheduler = ScheduledLR(optimizer, self.lr)
+        resume_tag, universal = self._resume_tag()
+        ds_config = build_ds_config(task.deepspeed, task.schedule, task.optim.clip_grad, env,
+                                    load_universal=universal)
+        if env.is_main:
+            atomic_write_json(self.run_dir / "ds_config.json", ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                    lr_scheduler=scheduler, config=ds_config)
+        if task.deepspeed.compile:
+            self.engine.compile()
+        self.start_step = 0
+        if resume_tag:
+            path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=resume_tag)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed could not load checkpoint {self.ckpt_dir / resume_tag}")
+            self.start_step = int(client["step"])
+            log.info("resumed from %s at step %d (lr %.3g)", resume_tag, self.start_step,
+                     self.lr(self.start_step))
+        self.loss_scaled = ds_config["torch_autocast"]["dtype"] == "float16"
+        self.sampler = ResumableSampler(len(self.dataset), env.rank, env.world_size,
+                                        task.schedule.seed)
+        if env.is_main:
+            atomic_write_json(self.run_dir / "run_info.json", {
+                "total_steps": self.plan.total_steps, "steps_per_epoch": self.plan.steps_per_epoch,
+                "total_batch": self.plan.total_batch, "world_size": env.world_size,
+                "dataset_size": len(self.dataset), "peak_lr": self.lr.peak_lr,
+                "device": env.device.type, "zero_stage": task.deepspeed.zero_stage,
+                "precision": ds_config["torch_autocast"]["dtype"], "start_step": self.start_step,
+            })
+
+    def _resume_tag(self) -> tuple[str | None, bool]:
+        """The tag to resume from and whether it must load as a universal checkpoint."""
+        tag = latest_tag(self.ckpt_dir)
+        if tag is None:
+            return None, False
+        saved = saved_world_size(self.ckpt_dir / tag)
+        if saved is None or saved == self.env.world_size:
+            return tag, False
+        log.info("checkpoint %s was written by %d processes; this run has %d", tag, saved,
+                 self.env.world_size)
+        if self.env.is_main:
+            to_universal(self.ckpt_dir, tag, self.task.deepspeed.zero_stage)
+        barrier()
+        return f"{tag}_universal", True
+
+    def _loader(self, epoch: int, skip: int) -> DataLoader:
+        self.sampler.set_epoch(epoch, skip)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return DataLoader(self.dataset, batch_size=self.task.schedule.batch_size, sampler=self.sampler,
+                          num_workers=self.task.data_workers, drop_last=True, pin_memory=self.env.on_gpu)
+
+    def fit(self) -> None:
+        plan, sch, engine = self.plan, self.task.schedule, self.engine
+        step = self.start_step
+        before = getattr(self.task, "before_training", None)  # optional: e.g. a step-0 evaluation
+        if before is not None and step == 0:
+            before(engine, self.metrics)
+        meter = WindowMeter(self.env.device)
+        epoch_start = time.perf_counter()
+        while step < plan.total_steps:
+            epoch, done_in_epoch = divmod(step, plan.steps_per_epoch)
+            for batch in self._loader(epoch, done_in_epoch * plan.samples_per_step):
+                boundary = engine.is_gradient_accumulation_boundary()
+                named = self.task.forward(engine, _to_device(batch, self.env.device))
+                meter.add(named, step + 1)
+                engine.backward(named["loss"])
+                skipped = engine.skipped_steps
+                engine.step()
+                if not boundary:
+                    continue
+                step += 1
+                if engine.skipped_steps > skipped and not self.loss_scaled:
+                    # DeepSpeed skips an update whose gradients overflowed; without fp16 loss
+                    # scaling that is divergence, not a scale to lower
+                    raise NonFiniteLoss(step, "the gradient")
+                if step % sch.log_every == 0 or step == plan.total_steps:
+                    self._log(meter, step, plan.total_batch)
+                if sch.checkpoint_every and step % sch.checkpoint_every == 0:
+                    self._check_finite(meter)
+                    self.save(step)
+                if step >= plan.total_steps or step % plan.steps_per_epoch == 0:
+                    break
+            if step % plan.steps_per_epoch == 0:
+                self._check_finite(meter)
+                elapsed = time.perf_counter() - epoch_start
+                self.metrics.write(step, step / plan.steps_per_epoch, epoch_time=elapsed)
+                log.info("epoch %d done in %.1f s", step // plan.steps_per_epoch, elapsed)
+                epoch_start = time.perf_counter()
+        self._check_finite(meter)
+        if latest_tag(self.ckpt_dir) != tag_for(step):
+            self.save(step)
+        self.finish(step)
+
+    def _check_finite(self, meter: WindowMeter) -> None:
+        bad = meter.first_nonfinite_step()
+        if bad is not None:
+            raise NonFiniteLoss(bad)
+
+    def _log(self, meter: WindowMeter, step: int, total_batch: int) -> None:
+        self._check_finite(meter)
+        names, values = meter.means()
+        values = all_reduce_mean(values).tolist()
+        window_steps, seconds = meter.reset()
+        grad_norm = self.engine.get_global_grad_norm()
+        fields = dict(zip(names, values, strict=True))
+        fields["lr"] = self.engine.get_lr()[0] / self.engine.optimizer.param_groups[0].get("lr_scale", 1.0)
+        if grad_norm is not None:
+            fields["grad_norm"] = float(grad_norm)
+        fields["images_per_s"] = window_steps * total_batch / max(seconds, 1e-9)
+        self.metrics.write(step, step / self.plan.steps_per_epoch, **fields)
+        log.info("step %d/%d %s", step, self.plan.total_steps,
+                 " ".join(f"{k} {v:.4g}" for k, v in fields.items()))
+
+    def save(self, step: int) -> None:
+        epoch = step / self.plan.steps_per_epoch
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag_for(step),
+                                    client_state={"step": step, "epoch": epoch})
+        barrier()
+        if self.env.is_main:
+            prune(self.ckpt_dir, self.task.schedule.keep_checkpoints)
+        log.info("checkpoint %s saved", tag_for(step))
+
+    def finish(self, step: int) -> None:
+        state = None
+        if self.env.is_main or self.engine.zero_optimization_stage() < 3:
+            state = consolidated_state_dict(self.engine, self.ckpt_dir, tag_for(step))
+        if self.env.is_main:
+            self.task.export(state, self.run_dir, step)
+            log.info("exported to %s", self.run_dir / "export")
+        barrier()
+        self.task.after_training(self.engine, self.run_dir)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All lines of a metrics.jsonl (tests, plots)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,169 @@
+"""build_pretrain_dataset: the trainer's contract, determinism, the image-folder format."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sgmim.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentConfig,
+    DataError,
+    PretrainDataConfig,
+    build_pretrain_dataset,
+)
+from sgmim.data.synthetic import scene as scene_module
+from sgmim.models import MaskGenerator
+
+from .conftest import save_png16, save_rgb
+
+SIZE = 32
+NO_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False)
+
+
+@pytest.fixture
+def masks() -> MaskGenerator:
+    return MaskGenerator(SIZE, mask_patch_size=8, model_patch_size=4, ratio=0.6)
+
+
+def synthetic(masks, **kwargs):
+    return build_pretrain_dataset(PretrainDataConfig(num_images=8, **kwargs), SIZE, masks)
+
+
+def test_synthetic_items_follow_the_trainer_contract(masks):
+    dataset = synthetic(masks)
+    item = dataset[0]
+    assert set(item) == {"image", "depth", "image_mask", "struct_mask"}
+    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+    assert item["depth"].shape == (1, SIZE, SIZE) and item["depth"].dtype == torch.float32
+    assert item["depth"].min() >= 0.0 and item["depth"].max() <= 1.0
+    assert item["image"].min() < -0.5, "ImageNet-normalised, not [0, 1]"
+    assert item["image_mask"].dtype == torch.uint8 and item["image_mask"].shape == (8, 8)
+    assert torch.equal(item["struct_mask"], 1 - item["image_mask"])
+    assert int(item["image_mask"].sum()) == masks.num_masked * masks.scale**2
+
+
+def test_item_is_a_function_of_seed_epoch_and_index(masks):
+    first, second = synthetic(masks), synthetic(masks)
+    first.set_epoch(3)
+    second.set_epoch(3)
+    a, b = first[5], second[5]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    second.set_epoch(4)
+    c = second[5]
+    assert not torch.equal(a["image"], c["image"]) and not torch.equal(a["image_mask"], c["image_mask"])
+    other_seed = synthetic(masks, seed=1)
+    other_seed.set_epoch(3)
+    assert not torch.equal(a["image"], other_seed[5]["image"])
+
+
+def test_workers_see_set_epoch_and_match_the_main_process(masks):
+    dataset = synthetic(masks)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True)
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        batches = list(loader)
+        expected = torch.stack([dataset[i]["image"] for i in range(4)])
+        assert torch.equal(batches[0]["image"], expected), f"epoch {epoch}"
+
+
+def test_scenes_are_rendered_once_then_cached(masks, monkeypatch):
+    calls = []
+    render = scene_module.render_scene
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr("sgmim.data.pretrain.render_scene", counting)
+    dataset = synthetic(masks)
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        _ = [dataset[i] for i in range(len(dataset))]
+    assert len(calls) == len(dataset)
+
+
+def test_synthetic_splits_do_not_overlap(masks):
+    train = build_pretrain_dataset(PretrainDataConfig(num_images=4), SIZE, masks, split="train")
+    val = build_pretrain_dataset(PretrainDataConfig(num_images=4), SIZE, masks, split="val")
+    names = {train.source.name(i) for i in range(4)}
+    assert names.isdisjoint(val.source.name(i) for i in range(4))
+
+
+def folder_config(root, **kwargs) -> PretrainDataConfig:
+    return PretrainDataConfig(source="image_folder", root=str(root), augment=NO_AUGMENT, **kwargs)
+
+
+def test_image_folder_pairs_sub_paths_and_reports_images_without_depth(image_folder_root, masks, caplog):
+    with caplog.at_level(logging.WARNING, logger="sgmim.data"):
+        dataset = build_pretrain_dataset(folder_config(image_folder_root), SIZE, masks)
+    assert "orphan.jpg" in caplog.text and "1 images without a depth map" in caplog.text
+    names = [dataset.source.name(i) for i in range(len(dataset))]
+    assert names == ["a/one.jpg", "b/c/two.png", "three.png"]
+    depth_means = [float(dataset[i]["depth"].mean()) for i in range(3)]
+    np.testing.assert_allclose(depth_means, [(65535 // 4) / 65535, 0.75, 1.0], atol=1e-4)
+    assert dataset[2]["depth"].shape == (1, SIZE, SIZE), "a smaller depth map is resized to its image"
+
+
+def test_image_folder_strict_mode_refuses_missing_depth(image_folder_root, masks):
+    with pytest.raises(DataError, match="orphan.jpg"):
+        build_pretrain_dataset(folder_config(image_folder_root, strict=True), SIZE, masks)
+
+
+def test_corrupt_file_is_skipped_and_counted_unless_strict(image_folder_root, masks, caplog):
+    (image_folder_root / "depth/a/one.png").write_bytes(b"not a png at all")
+    dataset = build_pretrain_dataset(folder_config(image_folder_root), SIZE, masks)
+    with caplog.at_level(logging.WARNING, logger="sgmim.data"):
+        item = dataset[0]
+    assert dataset.policy.skipped == 1 and "one.png" in caplog.text
+    assert torch.allclose(item["depth"].mean(), torch.tensor(0.75)), "the next item stands in"
+
+
+def test_corrupt_file_is_fatal_in_strict_mode(image_folder_root, masks):
+    (image_folder_root / "images/orphan.jpg").unlink()
+    save_rgb(image_folder_root / "images/a/one.jpg", np.zeros((40, 50, 3)))
+    (image_folder_root / "depth/a/one.png").write_bytes(b"\x89PNG broken")
+    dataset = build_pretrain_dataset(folder_config(image_folder_root, strict=True), SIZE, masks)
+    with pytest.raises(DataError, match=r"depth/a/one.png: cannot be read as a 16-bit"):
+        dataset[0]
+
+
+def test_wrong_layout_names_the_path(tmp_path, masks):
+    (tmp_path / "images").mkdir()
+    save_rgb(tmp_path / "images/x.png", np.zeros((8, 8, 3)))
+    with pytest.raises(DataError, match=f"{tmp_path}/depth: missing"):
+        build_pretrain_dataset(folder_config(tmp_path), SIZE, masks)
+    with pytest.raises(DataError, match="no image folder for split 'val'"):
+        build_pretrain_dataset(folder_config(tmp_path), SIZE, masks, split="val")
+
+
+def test_pipeline_keeps_image_and_depth_aligned(tmp_path, masks):
+    """Image red channel and depth both encode the column; crops and flips must keep them equal."""
+    ramp = np.tile(np.arange(256, dtype=np.uint16), (96, 1))
+    save_rgb(tmp_path / "images/ramp.png", np.stack([ramp, ramp[::-1] * 0, ramp * 0], axis=-1))
+    save_png16(tmp_path / "depth/ramp.png", ramp * 257)
+    cfg = PretrainDataConfig(source="image_folder", root=str(tmp_path),
+                             augment=AugmentConfig(crop_scale=(0.2, 0.6), hflip=True))
+    dataset = build_pretrain_dataset(cfg, SIZE, masks)
+    flips = set()
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        item = dataset[0]
+        red = item["image"][0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+        assert (red - item["depth"][0]).abs().max() < 2e-3, f"epoch {epoch}"
+        flips.add(bool(red[0, 0] > red[0, -1]))
+    assert flips == {True, False}, "both flipped and unflipped crops were checked"
+
+
+def test_skips_are_counted_across_workers(image_folder_root, masks):
+    (image_folder_root / "depth/a/one.png").write_bytes(b"not a png at all")
+    (image_folder_root / "images/b/c/two.png").write_bytes(b"not a png either")
+    dataset = build_pretrain_dataset(folder_config(image_folder_root), SIZE, masks)
+    batches = list(DataLoader(dataset, batch_size=1, num_workers=2))
+    assert len(batches) == 3
+    assert dataset.policy.skipped == 3, "2 in one worker (items 0, 1 for index 0), 1 in the other"

@@ -1,0 +1,173 @@
+"""The trainer as users run it (`sgmim train`), on CPU with the gloo backend."""
+
+import json
+import os
+import signal
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.train.conftest import metric_lines, start_training, tiny_spec, train, wait_for
+
+pytestmark = pytest.mark.slow
+
+STEP_FIELDS = {"step", "epoch", "loss", "loss_img", "loss_struct", "lr", "grad_norm",
+               "images_per_s", "time"}
+
+
+def test_two_process_zero2_kill_and_resume(tmp_path):
+    spec = tiny_spec(tmp_path, schedule={"steps": 40, "epochs": None, "log_every": 1,
+                                         "checkpoint_every": 4, "keep_checkpoints": 2})
+    run_dir = tmp_path / "run"
+    proc = start_training(spec, run_dir, nproc=2)
+    latest = run_dir / "checkpoints" / "latest"
+    try:
+        wait_for(latest.exists, 180, "the first checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_run = {m["step"]: m for m in metric_lines(run_dir) if "loss" in m}
+    resume_step = int(latest.read_text().strip().removeprefix("global_step"))
+    assert not (run_dir / "export").exists()
+
+    code, out = train(spec, run_dir, nproc=2)
+    assert code == 0, out
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert 4 <= resume_step < 40
+    assert info["start_step"] == resume_step and info["total_steps"] == 40
+    lines = [m for m in metric_lines(run_dir) if "loss" in m]
+    second_run = lines[len(first_run):]
+    assert second_run[0]["step"] == resume_step + 1, "the step counter continues"
+    assert second_run[-1]["step"] == 40
+    for line in second_run:
+        if line["step"] in first_run:  # re-run steps see the same weights, LR and data
+            before = first_run[line["step"]]
+            assert line["lr"] == pytest.approx(before["lr"], rel=1e-9)
+            assert line["loss"] == pytest.approx(before["loss"], rel=1e-4)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("global_step*")) == \
+        ["global_step36", "global_step40"], "keeps the last 2"
+    assert (run_dir / "export" / "encoder.safetensors").exists()
+
+
+def test_metrics_jsonl_fields_and_export(tmp_path):
+    spec = tiny_spec(tmp_path, schedule={"steps": 6, "epochs": None, "log_every": 2},
+                     data={"num_images": 64})
+    run_dir = tmp_path / "run"
+    code, out = train(spec, run_dir)
+    assert code == 0, out
+    lines = metric_lines(run_dir)
+    raw = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(raw)
+    steps = [m for m in lines if "loss" in m]
+    assert [m["step"] for m in steps] == [2, 4, 6]
+    for m in steps:
+        assert STEP_FIELDS <= set(m), m
+        assert all(isinstance(m[k], int | float) for k in STEP_FIELDS)
+    epochs = [m for m in lines if "epoch_time" in m]
+    assert [m["step"] for m in epochs] == [2, 4, 6] and all(m["epoch_time"] > 0 for m in epochs)
+    assert json.loads((run_dir / "ds_config.json").read_text())["zero_optimization"]["stage"] == 2
+    assert "train.log" in os.listdir(run_dir) and "step 6/6" in (run_dir / "train.log").read_text()
+
+    path = run_dir / "export" / "encoder.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["step"] == "6" and json.loads(meta["sgmim_spec"])["name"] == "pretrain-tiny"
+    model = timm.create_model(meta["timm_model"], **json.loads(meta["timm_kwargs"]))
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_other_zero_stages_train(tmp_path, stage):
+    spec = tiny_spec(tmp_path, schedule={"steps": 2, "epochs": None, "log_every": 1},
+                     deepspeed={"zero_stage": stage}, data={"num_images": 64})
+    code, out = train(spec, tmp_path / "run")
+    assert code == 0, out
+    assert [m["step"] for m in metric_lines(tmp_path / "run") if "loss" in m] == [1, 2]
+
+
+def test_zero3_consolidated_weights_equal_the_live_model(tmp_path):
+    spec = tiny_spec(tmp_path, schedule={"steps": 3, "epochs": None, "log_every": 1},
+                     deepspeed={"zero_stage": 3}, data={"num_images": 64})
+    code, out = train_check(spec, tmp_path / "run", nproc=2)
+    assert code == 0, out
+    assert "consolidated == live: True" in out, out
+
+
+def train_check(spec, run_dir, nproc):
+    import subprocess
+    import sys
+
+    from sgmim.train.launch import Launch, command, environment
+
+    launch = Launch(nproc_per_node=nproc)
+    argv = command(spec, run_dir, launch)
+    argv[argv.index("sgmim.train")] = "tests.train.zero3_check"
+    done = subprocess.run(argv, env=environment(launch), capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path):
+    spec = tiny_spec(tmp_path, optim={"base_lr": 10.0, "lr_reference_batch": 1, "clip_grad": None,
+                                      "warmup_epochs": 0},
+                     schedule={"steps": 12, "epochs": None, "log_every": 1, "checkpoint_every": 1},
+                     data={"num_images": 64})
+    code, out = train(spec, tmp_path / "run")
+    assert code == 3, out
+    last = (tmp_path / "run" / "train.log").read_text().strip().splitlines()[-1]
+    assert "not finite at step" in last
+    bad_step = int(last.split("at step ")[1].split(";")[0])
+    saved = [int(p.name.removeprefix("global_step"))
+             for p in (tmp_path / "run" / "checkpoints").glob("global_step*")]
+    assert saved and all(s < bad_step for s in saved), (saved, bad_step)
+    assert not (tmp_path / "run" / "export").exists()
+
+
+def test_bad_spec_stops_before_any_work(tmp_path):
+    spec = tiny_spec(tmp_path, optim={"base_lr": -1.0})
+    code, out = train(spec, tmp_path / "run")
+    assert code == 2
+    assert "config.optim.base_lr" in out and "Traceback" not in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_smaller_than_a_step_is_a_clear_error(tmp_path):
+    spec = tiny_spec(tmp_path, data={"num_images": 8})
+    code, out = train(spec, tmp_path / "run")
+    assert code == 2
+    assert "fewer than one optimiser step" in (tmp_path / "run" / "train.log").read_text()
+    assert "Traceback" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_lr_schedule_shapes():
+    from sgmim.train.config import OptimConfig
+    from sgmim.train.optim import LRSchedule
+
+    cfg = OptimConfig(base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=10)
+    lr = LRSchedule.from_config(cfg, total_batch=1024, steps_per_epoch=100, total_steps=10_000)
+    assert lr.peak_lr == pytest.approx(4e-4) and lr(0) == pytest.approx(2e-6)
+    assert lr(1000) == pytest.approx(4e-4)
+    assert lr(10_000) == pytest.approx(2e-5)
+    assert lr(5500) == pytest.approx(2e-5 + (4e-4 - 2e-5) * 0.5)
+    step = LRSchedule.from_config(OptimConfig(schedule="step", step_milestones=[70], warmup_epochs=0),
+                                  total_batch=512, steps_per_epoch=10, total_steps=800)
+    assert step(699) == pytest.approx(2e-4) and step(700) == pytest.approx(2e-5)
+
+
+def test_param_groups_exempt_norms_biases_and_tokens():
+    from sgmim.models import SGMIM
+    from sgmim.train.optim import param_groups
+    from tests.models.conftest import tiny_config
+
+    model = SGMIM(tiny_config())
+    groups = param_groups(model, 0.05, model.no_weight_decay_names())
+    by_id = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_id[id(named["encoder.mask_token"])] == 0.0
+    assert by_id[id(named["fusion.norm_image.bias"])] == 0.0
+    assert by_id[id(named["fusion.q.weight"])] == 0.05
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    assert torch.is_tensor(named["encoder.mask_token"])
