@@ -1,10 +1,14 @@
-"""The `sgmim` command line."""
+"""The `sgmim` command line: local training and data tools, and a client of the REST API."""
 
 from __future__ import annotations
 
 import typer
 
+from sgmim.cli import jobs as client
 from sgmim.cli.data import data_app
+from sgmim.cli.plot import plot
+from sgmim.cli.services import serve, worker
+from sgmim.cli.train import train
 
 app = typer.Typer(
     name="sgmim",
@@ -15,10 +19,23 @@ app = typer.Typer(
 )
 
 
-from sgmim.cli.train import train  # noqa: E402
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: str | None = typer.Option(None, "--url", help="server URL (else SGMIM_URL, the config file, "
+                                                       "http://127.0.0.1:8000)"),
+    token: str | None = typer.Option(None, "--token", help="API token (else SGMIM_TOKEN or the config file)"),
+) -> None:
+    """SG-MIM training service."""
+    ctx.obj = (url, token)
 
+
+for command in (serve, worker, client.submit, client.jobs, client.show, client.watch, client.logs,
+                client.cancel, client.resume, client.checkpoints, client.download):
+    app.command()(command)
+app.command("eval")(client.evaluation)
+app.command()(plot)
 app.command()(train)
-
 app.add_typer(data_app, name="data")
 
 
@@ -28,8 +45,3 @@ def demo(steps: int = typer.Option(20, help="optimisation steps of the local dem
     from sgmim.cli.local_demo import run_local_demo
 
     run_local_demo(steps)
-
-
-@app.callback()
-def main() -> None:
-    """SG-MIM training service."""

@@ -14,8 +14,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", min=1, help="local processes (GPUs, or CPU ranks)"),
     overrides: list[str] = typer.Option([], "--set", help="key.path=value, e.g. config.schedule.steps=10"),
 ) -> None:
-    """Train a pretrain/finetune job (or run an evaluate job) here; resumes from the run dir's
-    latest checkpoint when there is one."""
+    """Run a job spec here, without the service (resumes from the run dir's checkpoint)."""
     from sgmim.config import SpecError, load_spec
     from sgmim.train.checkpoint import atomic_write_text
     from sgmim.train.launch import Launch, command, die_with_parent, environment

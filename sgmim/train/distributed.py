@@ -5,10 +5,11 @@ single process gets defaults. No `--local_rank` argument is ever required."""
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
+
+from sgmim.train.launch import free_port
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,6 @@ class DistEnv:
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_env() -> DistEnv:

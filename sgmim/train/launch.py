@@ -5,14 +5,31 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
-from sgmim.train.distributed import free_port
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gpu_count() -> int:
+    """Visible NVIDIA GPUs, without importing torch: a supervisor must never initialise CUDA
+    in its own process (the ranks it forks need it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines()) if done.returncode == 0 else 0
 
 
 @dataclass(frozen=True)
@@ -47,7 +64,7 @@ def environment(launch: Launch, base: dict[str, str] | None = None) -> dict[str,
     if launch.world_size == 1:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR=launch.master_addr,
                    MASTER_PORT=str(launch.master_port))
-    if not torch.cuda.is_available():
+    if gpu_count() == 0:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc_per_node)))
         env.setdefault("DS_ACCELERATOR", "cpu")
     return env

@@ -24,11 +24,12 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 1, 2, 3
 
 def setup_logging(run_dir: Path, env: DistEnv) -> None:
     """Every rank appends to `train.log` (one line per record, so ranks interleave by line);
-    rank 0 also prints to stdout."""
+    rank 0 also prints to stdout unless SGMIM_LOG_TO_STDOUT=0 (the worker's supervisor sends
+    the launcher's stdout into train.log itself, and would get every line twice)."""
     fmt = logging.Formatter(f"%(asctime)s [rank {env.rank}] %(levelname)s %(message)s",
                             "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log")]
-    if env.is_main:
+    if env.is_main and os.environ.get("SGMIM_LOG_TO_STDOUT", "1") != "0":
         handlers.append(logging.StreamHandler(sys.stdout))
     root = logging.getLogger("sgmim")  # the trainer's and the data layer's records
     root.handlers.clear()

@@ -1,0 +1,115 @@
+"""Sending wake-up messages and measuring queue depth.
+
+The API sends `sgmim.run_job(job_id)` by name (the message carries only the job id). Queue
+depth comes from the broker: Redis `LLEN` of the queue and its priority sub-queues, or the
+filesystem transport's message files; when the broker cannot be asked, the caller falls back
+to counting queued jobs in the database (`/metrics` labels which source it used).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from celery import Celery
+
+from service.settings import Settings
+from worker.celery_app import (
+    REDIS_SEP,
+    TASK_NAME,
+    filesystem_folders,
+    make_celery,
+    message_priority,
+    queue_for,
+    transport_options,
+)
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+class Broker:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.url = settings.resolved_broker_url
+        self._celery: Celery | None = None
+        self._redis: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def celery(self) -> Celery:
+        if self._celery is None:
+            with self._lock:
+                if self._celery is None:
+                    self._celery = make_celery(self.settings)
+        return self._celery
+
+    def prepare(self) -> None:
+        """Create the filesystem broker's folders (so that /readyz is ready before the first send)."""
+        if self.url.startswith("filesystem://"):
+            transport_options(self.url, self.settings.data_dir, self.settings.broker_visibility_timeout_s)
+
+    def queue_for(self, gpu_type: str | None) -> str:
+        return queue_for(gpu_type, self.settings.default_queue)
+
+    def enqueue(self, job_id: str, queue: str, priority: int) -> None:
+        """Send the wake-up message for a queued job (raises when the broker is unreachable)."""
+        self.celery.send_task(
+            TASK_NAME,
+            args=[job_id],
+            queue=queue,
+            priority=message_priority(priority, self.url),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
+        )
+
+    def _redis_client(self) -> Any:
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        return self._redis
+
+    def ping(self) -> None:
+        """Raise unless the broker is reachable."""
+        if _is_redis(self.url):
+            self._redis_client().ping()
+        elif self.url.startswith("filesystem://"):
+            folder = filesystem_folders(self.settings.data_dir)["queue"]
+            if not (folder.is_dir() and os.access(folder, os.W_OK)):
+                raise OSError(f"broker folder {folder} is not a writable directory")
+        else:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+
+    def queue_depths(self, queues: list[str]) -> dict[str, int] | None:
+        """Messages waiting per queue, measured at the broker; None when it cannot be measured."""
+        if _is_redis(self.url):
+            client = self._redis_client()
+            pipe = client.pipeline()
+            for q in queues:
+                for pri in range(10):
+                    pipe.llen(q if pri == 0 else f"{q}{REDIS_SEP}{pri}")
+            counts = pipe.execute()
+            return {q: int(sum(counts[i * 10 : (i + 1) * 10])) for i, q in enumerate(queues)}
+        if self.url.startswith("filesystem://"):
+            folder = filesystem_folders(self.settings.data_dir)["queue"]
+            depths = dict.fromkeys(queues, 0)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return depths
+            for name in names:
+                queue = name.partition(".")[2].removesuffix(".msg")
+                if queue in depths and name.endswith(".msg"):
+                    depths[queue] += 1
+            return depths
+        return None
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+        if self._celery is not None:
+            self._celery.close()

@@ -1,0 +1,113 @@
+"""`run_server`: what `sgmim serve` calls.
+
+    from service.cli_entry import run_server
+    run_server("127.0.0.1", 8000)                    # API only
+    run_server("127.0.0.1", 8000, with_worker=True)  # + one local Celery worker (embedded mode)
+
+It applies the migrations, refuses a non-loopback address unless a token is configured
+(SGMIM_API_TOKENS, SGMIM_TOKEN_FILE or an active row of api_tokens), then runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+from service.auth import is_loopback
+from service.db import migrate
+from service.db.repo import JobRepo
+from service.db.session import Database
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+class ServerConfigError(SystemExit):
+    """Refusal to start; uncaught, Python prints the message and exits with status 1."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+def prepare(settings: Settings, host: str) -> None:
+    """Migrate the database and enforce the token-on-non-loopback rule."""
+    db = Database.from_settings(settings)
+    try:
+        migrate.upgrade(db.engine)
+        if is_loopback(host):
+            return
+        if settings.configured_tokens or JobRepo(db).has_active_tokens():
+            return
+    finally:
+        db.dispose()
+    raise ServerConfigError(
+        f"refusing to listen on {host}: it is not a loopback address and no API token is configured. "
+        "Set SGMIM_API_TOKENS=<token>[,<token>...] (or SGMIM_TOKEN_FILE=<file>), or bind to 127.0.0.1."
+    )
+
+
+def start_worker(settings: Settings, queues: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """One local Celery worker (concurrency 1, prefork pool) consuming the default queue."""
+    queues = queues or [settings.default_queue]
+    env = {**os.environ, "SGMIM_DATA_DIR": str(settings.data_dir)}
+    if settings.database_url:
+        env["SGMIM_DATABASE_URL"] = settings.database_url
+    if settings.broker_url:
+        env["SGMIM_BROKER_URL"] = settings.broker_url
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app:app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "-Q",
+        ",".join(queues),
+    ]
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
+def run_server(
+    host: str | None = None,
+    port: int | None = None,
+    with_worker: bool = False,
+    settings: Settings | None = None,
+    **uvicorn_kwargs: Any,
+) -> None:
+    import uvicorn
+
+    from service.main import create_app
+
+    settings = settings or Settings()
+    host = host or settings.host
+    port = settings.port if port is None else port
+    prepare(settings, host)
+    worker = None
+    if with_worker:
+        if importlib.util.find_spec("worker.tasks") is None:
+            # Without the task module a worker would discard sgmim.run_job messages as unregistered.
+            log.warning("worker.tasks does not exist yet: not starting a local worker")
+        else:
+            worker = start_worker(settings)
+    try:
+        # open SSE streams would otherwise hold a graceful shutdown until the jobs end
+        uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)
+        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False, **uvicorn_kwargs)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()

@@ -1,0 +1,45 @@
+"""Typed dependency aliases (full-stack-fastapi-template style).
+
+The accessors are `async def` on purpose: they do no I/O, and FastAPI runs a sync dependency
+in the thread pool (a thread hop per dependency per request)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.broker import Broker
+from service.db.repo import JobRepo
+from service.db.session import Database
+from service.settings import Settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.db.session() as session:
+        yield session
+
+
+async def get_repo(request: Request) -> JobRepo:
+    return request.app.state.repo
+
+
+async def get_broker(request: Request) -> Broker:
+    return request.app.state.broker
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+SessionDep = Annotated[Session, Depends(get_session)]
+RepoDep = Annotated[JobRepo, Depends(get_repo)]
+BrokerDep = Annotated[Broker, Depends(get_broker)]

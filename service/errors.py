@@ -1,0 +1,112 @@
+"""Exception handlers: every error is JSON `{"detail": ...}`; no stack trace ever leaves."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.db.repo import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
+from sgmim.config import SpecError
+
+log = logging.getLogger("service")
+
+_UNION_TAGS = ("pretrain", "finetune", "evaluate")
+
+
+class SpecValidationError(Exception):
+    """422 for a job spec: `errors` are (dotted field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]], type_: str = "value_error", where: str = "body"):
+        self.errors, self.type, self.where = errors, type_, where
+
+
+def field_errors(
+    errors: list[tuple[str, str]], type_: str = "value_error", where: str = "body"
+) -> list[dict[str, Any]]:
+    out = []
+    for path, msg in errors:
+        loc: list[str | int] = [where]
+        for part in path.split(".") if path else []:
+            loc.append(int(part) if part.isdigit() else part)
+        out.append({"loc": loc, "msg": msg, "type": type_})
+    return out
+
+
+def _strip_tag(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
+    loc = list(loc)
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in _UNION_TAGS:
+        del loc[1]
+    return [p if isinstance(p, int) else str(p) for p in loc]
+
+
+async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [
+        {
+            "loc": _strip_tag(e.get("loc", ())),
+            "msg": str(e.get("msg", "invalid")),
+            "type": str(e.get("type", "value_error")),
+        }
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _spec(_: Request, exc: SpecValidationError) -> JSONResponse:
+    return JSONResponse({"detail": field_errors(exc.errors, exc.type, exc.where)}, status_code=422)
+
+
+async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
+    return JSONResponse({"detail": field_errors(exc.errors)}, status_code=422)
+
+
+async def _parent(_: Request, exc: ParentError) -> JSONResponse:
+    return JSONResponse({"detail": field_errors([(exc.path, exc.message)], "parent_error")}, status_code=422)
+
+
+async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
+    return JSONResponse({"detail": str(exc), "status": exc.current, "job_id": exc.job_id}, status_code=409)
+
+
+async def _idempotency(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+    return JSONResponse({"detail": str(exc), "job_id": exc.job_id}, status_code=409)
+
+
+async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+    log.error(
+        "database error on %s %s: %s", request.method, request.url.path, exc.__class__.__name__, exc_info=exc
+    )
+    return JSONResponse(
+        {"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"}
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(SpecValidationError, _spec)
+    app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(ParentError, _parent)
+    app.add_exception_handler(JobNotFound, _not_found)
+    app.add_exception_handler(InvalidTransition, _transition)
+    app.add_exception_handler(IdempotencyConflict, _idempotency)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,135 @@
+"""OpenAPI: the job-spec schema (sgmim.config.JobSpec) as the submit request body, with examples."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from sgmim.config import spec_json_schema
+
+SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
+    "pretrain": {
+        "summary": "SG-MIM pretraining of a tiny Swin on synthetic RGB-D scenes (CPU, about a minute)",
+        "value": {
+            "kind": "pretrain",
+            "name": "pretrain-tiny",
+            "config": {
+                "model": {
+                    "encoder": {
+                        "timm_name": "swin_tiny_patch4_window7_224",
+                        "img_size": 64,
+                        "window_size": 4,
+                        "embed_dim": 32,
+                        "depths": [1, 1, 2, 1],
+                        "num_heads": [1, 2, 4, 8],
+                    },
+                    "mask": {"mask_patch_size": 16, "ratio": 0.6},
+                },
+                "data": {"source": "synthetic", "num_images": 256, "num_workers": 0},
+                "schedule": {"batch_size": 32, "epochs": 4, "log_every": 2},
+            },
+            "resources": {"gpus": 1},
+            "priority": 5,
+            "max_restarts": 2,
+        },
+    },
+    "finetune": {
+        "summary": "Depth fine-tuning initialised from a succeeded pretraining job's exported encoder",
+        "value": {
+            "kind": "finetune",
+            "name": "finetune-depth",
+            "parent": {"job_id": "01jd8x2k7m3qf5ab"},
+            "config": {"task": "depth", "init": "parent", "schedule": {"epochs": 25}},
+            "resources": {"gpus": 8, "gpu_type": "a100"},
+        },
+    },
+    "evaluate": {
+        "summary": "Evaluate a fine-tuned model on its validation split",
+        "value": {
+            "kind": "evaluate",
+            "name": "eval-depth",
+            "parent": {"job_id": "01jd8y4n2p5rt7cd"},
+            "config": {"split": "val", "eval": {"flip": True}},
+        },
+    },
+}
+
+
+def _rewrite_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: (
+                v.replace("#/$defs/", "#/components/schemas/")
+                if k == "$ref" and isinstance(v, str)
+                else _rewrite_refs(v)
+            )
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node
+
+
+def job_spec_components() -> dict[str, Any]:
+    """JobSpec and its parts as OpenAPI components."""
+    schema = copy.deepcopy(spec_json_schema())
+    defs = schema.pop("$defs", {})
+    components = {name: _rewrite_refs(body) for name, body in defs.items()}
+    top = _rewrite_refs(schema)
+    if "discriminator" in top:
+        top["discriminator"]["mapping"] = {
+            k: v.replace("#/$defs/", "#/components/schemas/")
+            for k, v in top["discriminator"].get("mapping", {}).items()
+        }
+    top["title"] = "JobSpec"
+    top["description"] = (
+        "A job spec: `kind` (pretrain, finetune, evaluate) picks the schema of `config`. "
+        "Unknown keys are rejected; a 422 names the field path."
+    )
+    components["JobSpec"] = top
+    return components
+
+
+SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobSpec"},
+                "examples": SPEC_EXAMPLES,
+            }
+        },
+    }
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, body in job_spec_components().items():
+            if name in schemas and schemas[name] != body:
+                raise RuntimeError(f"OpenAPI component {name} defined twice")
+            schemas[name] = body
+        schema["components"].setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "required on every route but /healthz when tokens are configured",
+        }
+        schema["security"] = [{"bearer": []}, {}]
+        app.openapi_schema = json.loads(json.dumps(schema))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,11 @@
+"""One router per noun; `api_router` mounts them under /api/v1."""
+
+from fastapi import APIRouter
+
+from service.routes import checkpoints, evaluation, events, health, jobs, logs, metrics
+
+api_router = APIRouter(prefix="/api/v1")
+for _module in (jobs, metrics, events, logs, checkpoints, evaluation):
+    api_router.include_router(_module.router)
+
+__all__ = ["api_router", "health"]

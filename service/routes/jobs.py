@@ -1,0 +1,174 @@
+"""/api/v1/jobs: submit, list, show, cancel, resume."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service.broker import Broker
+from service.db.repo import JobRepo, SubmitResult, sha256_hex
+from service.deps import BrokerDep, RepoDep, SettingsDep
+from service.errors import SpecValidationError
+from service.openapi import SUBMIT_BODY
+from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, check_strings, decode_body
+from service.schemas import ConflictOut, ErrorOut, JobKind, JobList, JobOut, JobStatus, JobSummary
+from service.settings import Settings
+from sgmim.config import REQUIRED_PARENT_KIND, parse_spec
+
+log = logging.getLogger("service.jobs")
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH)
+
+_CURSOR_ID = re.compile(r"[0-9a-z]{1,32}")
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"v1:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    version, _, job_id = raw.partition(":")
+    if version != "v1" or not _CURSOR_ID.fullmatch(job_id):
+        raise SpecValidationError([("cursor", "invalid cursor")], "cursor_invalid", where="query")
+    return job_id
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    openapi_extra=SUBMIT_BODY,
+    summary="Submit a job",
+    responses={
+        200: {"model": JobOut, "description": "replay: this Idempotency-Key and body created this job"},
+        409: {"model": ConflictOut, "description": "this Idempotency-Key was used with another body"},
+        413: {"model": ErrorOut, "description": "request body too large"},
+        **INVALID,
+    },
+)
+async def submit_job(
+    request: Request,
+    response: Response,
+    repo: RepoDep,
+    broker: BrokerDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="the same key and body return the same job (200); "
+            "the same key with another body is a 409",
+        ),
+    ] = None,
+) -> JobOut:
+    """Validate the spec, check its parent, store the job as `queued` and send the wake-up
+    message (it carries only the job id). 201 with the job."""
+    data = decode_body(await request.body())
+    if not isinstance(data, dict):
+        raise SpecValidationError([("", "a job spec must be a JSON object")], "model_type")
+    key_hash = body_hash = None
+    if idempotency_key is not None:
+        key_hash = sha256_hex(idempotency_key)
+        body_hash = sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
+    response.status_code = 201 if result.created else 200
+    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{result.job.id}"
+    return JobOut.from_row(result.job)
+
+
+def _submit(
+    data: dict, key_hash: str | None, body_hash: str | None, repo: JobRepo, broker: Broker, settings: Settings
+) -> SubmitResult:
+    """Validate, check the parent, store, send: one worker thread per request."""
+    check_strings(data, settings.max_string_length)
+    spec = parse_spec(data)
+    if spec.parent is not None:
+        repo.check_parent(
+            spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
+        )
+    result = repo.submit(
+        spec.model_dump(mode="json"),
+        queue=broker.queue_for(spec.resources.gpu_type),
+        run_dir_root=str(settings.resolved_artifact_root / "jobs"),
+        idempotency_key_hash=key_hash,
+        body_hash=body_hash,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+        will_enqueue=True,
+    )
+    if result.created:
+        job = result.job
+        try:
+            broker.enqueue(job.id, job.queue, job.priority)
+        except Exception as exc:  # the job is stored; the reaper sends its message again
+            log.warning("job %s stored but its message was not sent: %s", job.id, exc)
+            repo.mark_unsent(job.id)
+    return result
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first", responses=INVALID)
+def list_jobs(
+    repo: RepoDep,
+    status: Annotated[list[JobStatus] | None, Query(description="repeat to allow several")] = None,
+    kind: Annotated[list[JobKind] | None, Query(description="repeat to allow several")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=128, description="next_cursor of the previous page")
+    ] = None,
+) -> JobList:
+    before = decode_cursor(cursor) if cursor else None
+    jobs = repo.list(status=status, kind=kind, limit=limit + 1, before_id=before)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobList(
+        items=[JobSummary.from_row(j) for j in jobs],
+        next_cursor=encode_cursor(jobs[-1].id) if more and jobs else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Show a job", responses=NOT_FOUND)
+def get_job(job_id: JobIdDep, repo: RepoDep) -> JobOut:
+    return JobOut.from_row(repo.get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Request cancellation",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def cancel_job(job_id: JobIdDep, repo: RepoDep) -> JobOut:
+    """A queued job is cancelled at once (it never starts); a running one becomes `cancelling`
+    until its worker has stopped the run. Repeating it on a cancelling or cancelled job is
+    harmless (202); a succeeded or failed job answers 409 with its status."""
+    return JobOut.from_row(repo.cancel(job_id))
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=202,
+    response_model=JobOut,
+    summary="Resume a failed or cancelled job",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def resume_job(job_id: JobIdDep, repo: RepoDep, broker: BrokerDep) -> JobOut:
+    """Back to `queued`; the next attempt continues from the latest checkpoint. Any other status
+    answers 409 with the current status."""
+    job = repo.resume(job_id)
+    try:
+        broker.enqueue(job.id, job.queue, job.priority)
+        repo.mark_enqueued(job.id)
+    except Exception as exc:
+        log.warning("job %s resumed but its message was not sent: %s", job.id, exc)
+    return JobOut.from_row(job)

@@ -1,0 +1,213 @@
+"""Response models of the REST API (the request body is sgmim.config's JobSpec)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.db.models import Checkpoint, Job, LogLine
+from service.db.repo import finite_or_none
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobKind = Literal["pretrain", "finetune", "evaluate"]
+
+
+class Progress(BaseModel):
+    step: int | None = Field(None, description="last optimiser step reported")
+    total_steps: int | None = None
+    epoch: float | None = None
+
+
+class JobSummary(BaseModel):
+    """A job as listed (no spec)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "01jd8x2k7m3qf5ab",
+                    "kind": "pretrain",
+                    "name": "swin-b-nyu",
+                    "status": "running",
+                    "parent_id": None,
+                    "priority": 5,
+                    "queue": "sgmim",
+                    "attempt": 1,
+                    "max_restarts": 2,
+                    "restarts": 0,
+                    "worker": "gpu-box-1",
+                    "progress": {"step": 1200, "total_steps": 50000, "epoch": 2.4},
+                    "error": None,
+                    "last_metrics": {"loss": 0.41, "lr": 0.0002},
+                    "created_at": "2026-11-26T10:00:00Z",
+                    "updated_at": "2026-11-26T10:20:00Z",
+                    "started_at": "2026-11-26T10:00:03Z",
+                    "finished_at": None,
+                    "heartbeat_at": "2026-11-26T10:20:00Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    kind: JobKind
+    name: str
+    status: JobStatus
+    parent_id: str | None = None
+    priority: int
+    queue: str
+    attempt: int = Field(description="claims so far (0: never started)")
+    max_restarts: int
+    restarts: int = Field(description="automatic requeues after a lost worker since submit/resume")
+    worker: str | None = None
+    progress: Progress
+    error: str | None = None
+    last_metrics: dict[str, float | None] | None = Field(
+        None, description="latest value of each metric (null: NaN/inf)"
+    )
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    heartbeat_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobSummary:
+        return cls(**_summary_fields(job))
+
+
+class JobOut(JobSummary):
+    """A job with its validated spec."""
+
+    spec: dict[str, Any] = Field(description="the validated job spec (JobSpec), defaults filled in")
+    parent_checkpoint: str | None = None
+    cancel_requested_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobOut:
+        return cls(
+            **_summary_fields(job),
+            spec=job.spec,
+            parent_checkpoint=job.parent_checkpoint,
+            cancel_requested_at=job.cancel_requested_at,
+        )
+
+
+def _summary_fields(job: Job) -> dict[str, Any]:
+    last = job.last_metrics
+    return dict(
+        id=job.id,
+        kind=job.kind,
+        name=job.name,
+        status=job.status,
+        parent_id=job.parent_id,
+        priority=job.priority,
+        queue=job.queue,
+        attempt=job.attempt,
+        max_restarts=job.max_restarts,
+        restarts=job.restarts,
+        worker=job.worker,
+        progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch),
+        error=job.error,
+        last_metrics={k: finite_or_none(v) for k, v in last.items()} if last else None,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+    )
+
+
+class JobList(BaseModel):
+    items: list[JobSummary]
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next (older) page; null on the last page"
+    )
+
+
+class MetricPoint(BaseModel):
+    seq: int = Field(description="position in the job's event sequence (SSE event id)")
+    step: int | None = None
+    epoch: float | None = None
+    name: str
+    value: float | None = Field(description="null: NaN or infinite")
+    time: float = Field(description="unix time, seconds")
+
+    @classmethod
+    def from_row(cls, m: Any) -> MetricPoint:
+        return cls.model_construct(
+            seq=m.seq, step=m.step, epoch=m.epoch, name=m.name, value=finite_or_none(m.value), time=m.time
+        )
+
+
+class MetricPage(BaseModel):
+    items: list[MetricPoint]
+    next_after: int | None = Field(
+        None, description="pass as ?after= for the next page; null when this page was not full"
+    )
+
+
+class LogLineOut(BaseModel):
+    seq: int
+    time: float
+    line: str
+
+    @classmethod
+    def from_row(cls, row: LogLine) -> LogLineOut:
+        return cls(seq=row.seq, time=row.time, line=row.line)
+
+
+class LogsOut(BaseModel):
+    lines: list[LogLineOut] = Field(description="the last `tail` lines, oldest first")
+
+
+class CheckpointOut(BaseModel):
+    name: str
+    kind: Literal["deepspeed", "encoder"] = Field(
+        description="deepspeed: a DeepSpeed tag folder (downloaded as a tar); encoder: the exported "
+        "fp32 encoder (safetensors, Range supported)"
+    )
+    step: int | None = None
+    size_bytes: int
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Checkpoint) -> CheckpointOut:
+        return cls(
+            name=row.name, kind=row.kind, step=row.step, size_bytes=row.size_bytes, created_at=row.created_at
+        )
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointOut]
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[Any] | dict[str, Any]
+
+
+class ConflictOut(BaseModel):
+    detail: str
+    status: JobStatus | None = Field(None, description="the job's current status")
+    job_id: str | None = None
+
+
+class FieldErrorOut(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    detail: list[FieldErrorOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]

@@ -1,0 +1,161 @@
+"""Service settings (pydantic-settings, environment prefix `SGMIM_`).
+
+Zero configuration gives the embedded default of ARCHITECTURE.md: a SQLite file and a
+filesystem broker under `~/.sgmim`, loopback only, no token. Everything else is chosen by
+setting environment variables, never by code branches:
+
+    SGMIM_DATABASE_URL=postgresql://user@db/sgmim  SGMIM_BROKER_URL=redis://redis:6379/0
+    SGMIM_API_TOKENS=secret1,secret2  SGMIM_HOST=0.0.0.0
+
+`data_dir` defaults to `~/.sgmim` (not `./.sgmim`) so that an API and a worker started from
+different working directories share one database, broker folder and artifact root.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_QUEUE = "sgmim"
+
+
+class Settings(BaseSettings):
+    """All settings of the API server (and of the worker's Celery app)."""
+
+    model_config = SettingsConfigDict(env_prefix="SGMIM_", extra="ignore", frozen=False)
+
+    data_dir: Path = Field(
+        Path("~/.sgmim"),
+        description="root of the embedded state: the SQLite file, the filesystem broker's folders "
+        "and (unless artifact_root is set) the artifacts. `~` is expanded.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: sqlite:///<data_dir>/sgmim.db (WAL mode). "
+        "postgresql://... uses psycopg 3 (postgresql+psycopg://).",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker. Default: filesystem:// (kombu's filesystem transport, folders "
+        "under <data_dir>/broker; no server process). redis://host:6379/0 in deployment.",
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend. Default none: the database is the source of truth."
+    )
+    artifact_root: Path | None = Field(
+        None,
+        description="root of the run directories <artifact_root>/jobs/<job_id>/. "
+        "Default: <data_dir>/artifacts.",
+    )
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated bearer tokens. When any token is configured (here, in "
+        "token_file or in the api_tokens table at start), every route but /healthz "
+        "needs `Authorization: Bearer <token>`.",
+    )
+    token_file: Path | None = Field(
+        None, description="file with one bearer token per line (blank lines and # comments ignored)."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="bind address of `run_server`. A non-loopback address "
+        "is refused unless a token is configured.",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="bind port of `run_server`.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="request bodies larger than this get 413.")
+    max_string_length: int = Field(
+        4096, ge=16, description="longest string accepted anywhere in a job spec (422 otherwise)."
+    )
+    default_queue: str = Field(
+        DEFAULT_QUEUE,
+        description="Celery queue of jobs without resources.gpu_type; "
+        "jobs with one go to <default_queue>.<gpu_type>.",
+    )
+    broker_visibility_timeout_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="Redis visibility timeout: an unacked message is redelivered after this long. "
+        "Set longer than the longest job; a redelivered message for a job that is no "
+        "longer queued fails its claim and does nothing.",
+    )
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="how often a worker heartbeats a running job.")
+    stale_heartbeat_s: float = Field(
+        120.0, gt=0, description="reaper: a running job whose heartbeat is older than this lost its worker."
+    )
+    unclaimed_requeue_s: float = Field(
+        300.0,
+        gt=0,
+        description="reaper: a queued job not claimed this long after its message was sent "
+        "(or never sent) gets its message sent again.",
+    )
+    reaper_interval_s: float = Field(30.0, gt=0, description="how often the reaper runs.")
+    reaper_in_api: bool = Field(
+        False,
+        description="run the reaper (service.reaper.reap_once) in the API process every "
+        "reaper_interval_s; otherwise the worker runs it.",
+    )
+    idempotency_ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="how long an Idempotency-Key is remembered."
+    )
+    sse_poll_interval_s: float = Field(0.5, gt=0, description="how often an SSE stream polls for new events.")
+    sse_keepalive_s: float = Field(15.0, gt=0, description="SSE comment line sent when idle this long.")
+    db_pool_size: int = Field(10, ge=1, description="connection pool size of the API process.")
+    sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy_timeout per connection.")
+    migrate_on_start: bool = Field(True, description="apply Alembic migrations when the app starts.")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("data_dir", "artifact_root", "token_file", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    # Derived values ---------------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{self.data_dir / 'sgmim.db'}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        return self.artifact_root or self.data_dir / "artifacts"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the filesystem broker (queue/, processed/, control/)."""
+        return self.data_dir / "broker"
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.resolved_artifact_root / "jobs" / job_id
+
+    @cached_property
+    def configured_tokens(self) -> list[str]:
+        """Tokens from api_tokens and token_file (read once)."""
+        tokens = list(self.api_tokens)
+        if self.token_file is not None:
+            for line in self.token_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    tokens.append(line)
+        return tokens
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,155 @@
+"""A small HTTP client of REST API v1 for the CLI, and one-line error reporting.
+
+Server URL and token come from flags, then the environment (`SGMIM_URL`, `SGMIM_TOKEN`), then
+the config file (`$XDG_CONFIG_HOME/sgmim/config.yaml`, keys `url` and `token`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+import yaml
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "sgmim" / "config.yaml"
+
+
+def resolve_connection(url: str | None, token: str | None) -> tuple[str, str | None]:
+    """Flags win over the environment, which wins over the config file."""
+    stored: dict[str, Any] = {}
+    path = config_file()
+    if path.is_file():
+        try:
+            stored = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            fail(f"{path} is not valid YAML: {exc}")
+        if not isinstance(stored, dict):
+            fail(f"{path} must hold a mapping with keys url and token")
+    url = url or os.environ.get("SGMIM_URL") or stored.get("url") or DEFAULT_URL
+    token = token or os.environ.get("SGMIM_TOKEN") or stored.get("token")
+    return url.rstrip("/"), token
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+def describe_error(response: httpx.Response) -> str:
+    """One readable line from an error response: field paths for validation errors."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text.strip()[:200] or response.reason_phrase}"
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            loc = [str(p) for p in item.get("loc", []) if p != "body"]
+            parts.append(f"{'.'.join(loc)}: {item.get('msg')}" if loc else str(item.get("msg")))
+        return f"invalid job spec: {'; '.join(parts)}"
+    if isinstance(body, dict) and body.get("status") and response.status_code == 409:
+        return f"{detail} (status: {body['status']})"
+    return str(detail) if detail is not None else f"HTTP {response.status_code}"
+
+
+@dataclass
+class Api:
+    url: str
+    token: str | None
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=self.timeout)
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, describe_error(response))
+        return response
+
+    def get(self, path: str, **params) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def post(self, path: str, body: Any = None, headers: dict | None = None) -> Any:
+        return self.request("POST", path, json=body, headers=headers or {}).json()
+
+    @contextmanager
+    def stream(self, path: str, headers: dict | None = None, timeout: float | None = None):
+        with self.http.stream("GET", path, headers=headers or {},
+                              timeout=httpx.Timeout(self.timeout, read=timeout)) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, describe_error(response))
+            yield response
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[tuple[str, dict]]:
+        """SSE events of a job as (type, data); reconnects with Last-Event-ID when cut off and
+        ends after the final status event."""
+        while True:
+            try:
+                headers = {"Last-Event-ID": str(after)} if after else {}
+                with self.stream(f"/jobs/{job_id}/events", headers=headers, timeout=60) as response:
+                    for kind, data, event_id in parse_sse(response.iter_lines()):
+                        if event_id is not None:
+                            after = event_id
+                        yield kind, data
+                        if kind == "status" and data.get("final"):
+                            return
+            except (httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.ReadError):
+                continue
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict, int | None]]:
+    kind, data, event_id = "message", [], None
+    for line in lines:
+        if not line:
+            if data:
+                yield kind, json.loads("\n".join(data)), event_id
+            kind, data, event_id = "message", [], None
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data.append(value)
+            elif field == "id" and value.isdigit():
+                event_id = int(value)
+
+
+@contextmanager
+def api_errors(url: str) -> Iterator[None]:
+    """Turn what can go wrong talking to the server into one line and a non-zero exit."""
+    try:
+        yield
+    except ApiError as exc:
+        fail(str(exc), code=2 if exc.status in (400, 404, 409, 413, 422) else 1)
+    except httpx.ConnectError:
+        fail(f"cannot reach the SG-MIM server at {url}. Start one with `sgmim serve --with-worker` "
+             "(or set SGMIM_URL / --url to where it runs).")
+    except httpx.TimeoutException:
+        fail(f"the server at {url} did not answer in time")
+    except httpx.HTTPError as exc:
+        fail(f"talking to {url}: {exc}")

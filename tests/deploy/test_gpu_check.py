@@ -1,0 +1,177 @@
+"""benchmarks/gpu_check.sh, its helper benchmarks/gpu_check.py and benchmarks/build_gpu_wheels.sh,
+as far as a machine without a GPU can check them: argument parsing, dry runs, the specs, the
+peak-memory hook, the summary, and (slow) the whole pipeline on the CPU with a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.helpers import ROOT
+
+sys.path.insert(0, str(ROOT))
+from benchmarks import gpu_check  # noqa: E402
+
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
+BUILD_WHEELS = ROOT / "benchmarks" / "build_gpu_wheels.sh"
+
+
+def bash(script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_build_wheels_dry_run(tmp_path):
+    out = tmp_path / "wheels"
+    done = bash(BUILD_WHEELS, "--dry-run", "--out", str(out), "--python", sys.executable)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert re.search(r"DS_BUILD_OPS=0 .*pip wheel .*--no-deps .*deepspeed==\d", text)
+    for name in ("hjson", "pydantic", "pydantic-core", "pydantic-settings", "typing-inspection"):
+        assert re.search(rf"--only-binary=:all: --python-version 3\.12 .* {name}==\d", text), name
+    assert "pip wheel -q --no-deps -w" in text and str(ROOT) in text, "the project's own wheel"
+    assert not out.exists(), "a dry run fetches nothing"
+
+
+def test_build_wheels_options(tmp_path):
+    done = bash(BUILD_WHEELS, "--dry-run", "--out", str(tmp_path), "--python", sys.executable,
+                "--with-optional", "--no-project", "--python-version", "3.13", "deepspeed==0.19.1")
+    assert done.returncode == 0, done.stderr
+    assert "deepspeed==0.19.1" in done.stdout and "--python-version 3.13" in done.stdout
+    assert "timm==" in done.stdout and "safetensors==" in done.stdout
+    assert "pip wheel -q --no-deps -w" not in done.stdout
+    assert bash(BUILD_WHEELS, "--bogus").returncode == 2
+    assert bash(BUILD_WHEELS, "--help").returncode == 0
+
+
+def test_gpu_check_installs_nothing_from_the_network():
+    text = GPU_CHECK.read_text()
+    assert "PIP_NO_INDEX=1" in text
+    installs = [line for line in text.splitlines() if re.search(r"\bpip install\b", line)
+                and not line.lstrip().startswith("#")]
+    assert installs and all("--no-index" in line for line in installs), installs
+    assert "HF_HUB_OFFLINE=1" in text
+
+
+def test_gpu_check_dry_run():
+    done = bash(GPU_CHECK, "--dry-run", "--python", sys.executable, "--results", "")
+    assert done.returncode == 0, done.stderr
+    runs = re.findall(r"would run: .* -m sgmim\.cli train \S+/(simmim|sgmim)\.yaml --run-dir \S+ --nproc 1",
+                      done.stdout)
+    assert runs == ["simmim", "sgmim"]
+    assert "ZeRO-2 bf16, batch 128, 300 steps" in done.stdout
+
+
+def test_gpu_check_arguments():
+    assert bash(GPU_CHECK, "--help").returncode == 0
+    assert bash(GPU_CHECK, "--nope").returncode == 2
+    done = bash(GPU_CHECK, "--dry-run", "--steps", "40", "--python", sys.executable)
+    assert done.returncode == 2 and "no metric window" in done.stderr
+
+
+@pytest.mark.parametrize("variant", ["sgmim", "simmim"])
+def test_specs_are_the_papers_setting(variant):
+    from sgmim.config import parse_spec
+
+    spec = gpu_check.make_spec(variant, steps=300, batch=128, workers=12, num_images=4096,
+                               log_every=20, compile_model=False)
+    job = parse_spec(spec)
+    cfg = job.config
+    assert cfg.model.guidance.enabled is (variant == "sgmim")
+    assert cfg.model.encoder.timm_name == "swin_base_patch4_window7_224"
+    assert (cfg.model.encoder.img_size, cfg.model.encoder.window_size) == (192, 6)
+    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.precision, cfg.deepspeed.compile) == (2, "bf16", False)
+    assert (cfg.schedule.batch_size, cfg.schedule.steps, cfg.schedule.epochs) == (128, 300, None)
+    assert cfg.schedule.checkpoint_every is None
+    assert cfg.data.source == "synthetic" and cfg.data.num_images == 4096
+    per_scene = 192 * 192 * 3 + 192 * 192 * 4
+    assert cfg.data.synthetic.cache_mb * 2**20 >= 4096 * per_scene, "every scene fits the cache"
+    assert job.resources.gpus == 1
+
+
+def test_throughput_and_memory_summary(tmp_path):
+    lines = [{"step": s, "epoch": s / 32, "loss": 1.0, "images_per_s": ips, "time": float(s)}
+             for s, ips in [(20, 50.0), (40, 400.0), (60, 1000.0), (80, 500.0), (100, 1000.0)]]
+    lines.insert(2, {"step": 32, "epoch": 1.0, "epoch_time": 9.0, "time": 1.0})  # epoch record
+    for variant in ("simmim", "sgmim"):
+        run = tmp_path / variant
+        (run / "gpu_check_mem").mkdir(parents=True)
+        text = "\n".join(json.dumps(x) for x in lines) + "\n{\"step\": 12"  # a cut last line
+        (run / "metrics.jsonl").write_text(text)
+        (run / "gpu_check_mem" / "mem-1.json").write_text(json.dumps(
+            {"pid": 1, "device": "Fake GPU", "max_allocated": 19 * 2**30, "max_reserved": 21 * 2**30}))
+        (run / "gpu_check_nvidia_smi.csv").write_text("1000\n23000\n500\n")
+    result = gpu_check.summarize({"simmim": tmp_path / "simmim", "sgmim": tmp_path / "sgmim"},
+                                 warmup_steps=52)
+    info = result["runs"]["sgmim"]
+    assert info["windows"] == 3
+    assert info["images_per_s"] == pytest.approx(3 / (1 / 1000 + 1 / 500 + 1 / 1000))  # total / total
+    assert info["memory"]["max_allocated"] == 19 * 2**30
+    assert info["nvidia_smi_peak_mib"] == 23000
+    assert result["ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no metric window"):
+        gpu_check.steady_throughput(lines, warmup_steps=100)
+
+
+def test_results_section_gets_one_row_per_check(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Trainer (CPU)\n\nkeep me\n")
+    result = {"runs": {"simmim": {"images_per_s": 1374.2, "memory": {"max_allocated": 15 * 2**30}},
+                       "sgmim": {"images_per_s": 1278.9, "memory": {}}}, "ratio": 0.93}
+    row = gpu_check.table_row(result, "NVIDIA H200", "2.11.0 / 0.19.8", "ZeRO-2 bf16", "2026-11-26")
+    assert row == ("| 2026-11-26 | NVIDIA H200 | 2.11.0 / 0.19.8 | ZeRO-2 bf16 | 1,374 | 1,279 | 0.930 "
+                   "| 15.0 | n/a |")
+    gpu_check.add_row(results, row, gpu_check.INTRO)
+    gpu_check.add_row(results, row.replace("H200", "H100 80GB HBM3"), gpu_check.INTRO)
+    text = results.read_text()
+    assert "keep me" in text and text.count("## GPU check") == 1
+    assert "| NVIDIA H200 |" in text and "| NVIDIA H100 80GB HBM3 |" in text
+    assert text.count(gpu_check.TABLE_HEADER.splitlines()[0]) == 1
+
+
+def test_peak_memory_hook(tmp_path):
+    """The sitecustomize records a CUDA process's peaks at exit and still runs the next
+    sitecustomize on sys.path."""
+    hook, fake, other, report = (tmp_path / d for d in ("hook", "fake", "other", "report"))
+    for d in (fake / "torch", other, report):
+        d.mkdir(parents=True)
+    gpu_check.main(["hook", str(hook)])
+    (fake / "torch" / "__init__.py").write_text(
+        "class cuda:\n"
+        "    is_initialized = staticmethod(lambda: True)\n"
+        "    get_device_name = staticmethod(lambda: 'Fake GPU')\n"
+        "    max_memory_allocated = staticmethod(lambda: 123)\n"
+        "    max_memory_reserved = staticmethod(lambda: 456)\n")
+    (other / "sitecustomize.py").write_text(
+        f"open({str(tmp_path / 'chained')!r}, 'w').write('yes')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (hook, fake, other))),
+           "SGMIM_GPU_CHECK_REPORT_DIR": str(report)}
+    subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
+    records = [json.loads(p.read_text()) for p in report.glob("mem-*.json")]
+    assert records and records[0]["max_allocated"] == 123 and records[0]["device"] == "Fake GPU"
+    assert (tmp_path / "chained").read_text() == "yes"
+    # a process that never touched torch writes nothing
+    for p in report.glob("*"):
+        p.unlink()
+    subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+    assert not list(report.glob("*"))
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_the_whole_pipeline(tmp_path):
+    """Both runs through the real `sgmim train` (tiny model, CPU), the summary and the row."""
+    results, out = tmp_path / "RESULTS.md", tmp_path / "out"
+    done = bash(GPU_CHECK, "--cpu-smoke", "--python", sys.executable, "--results", str(results),
+                "--out", str(out), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "SG-MIM / SimMIM throughput:" in done.stdout
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert set(summary["runs"]) == {"simmim", "sgmim"} and summary["ratio"] > 0
+    assert "| CPU smoke test" in results.read_text()
+    assert {"simmim.log", "sgmim.log", "RESULTS.md", "sgmim.metrics.jsonl"} <= {p.name for p in out.iterdir()}

@@ -1,0 +1,289 @@
+"""Fixtures of the service tests.
+
+The API suite runs once per database backend (`backend` is parametrised over "sqlite" and
+"postgres"). Postgres: a fresh database `sgmim_test_<random>` on 127.0.0.1:5432, dropped at
+the end of the session. Redis tests use database 11 of 127.0.0.1:6379, flushed.
+Override with SGMIM_TEST_PG_ADMIN_URL / SGMIM_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from service.db.models import Base
+from service.db.repo import JobRepo
+from service.main import create_app
+from service.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("SGMIM_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SGMIM_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+ROOT = Path(__file__).resolve().parents[2]
+
+PRETRAIN = {"kind": "pretrain", "name": "t", "config": {"schedule": {"epochs": 1}}}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_env() -> Iterator[None]:
+    """No SGMIM_* setting of the developer's shell leaks into the tests."""
+    saved = {
+        k: v for k, v in os.environ.items() if k.startswith("SGMIM_") and not k.startswith("SGMIM_TEST_")
+    }
+    for k in saved:
+        del os.environ[k]
+    yield
+    os.environ.update(saved)
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+def create_pg_database() -> str:
+    name = f"sgmim_test_{secrets.token_hex(6)}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        folder = tmp_path_factory.mktemp("sqlite")
+        yield Backend("sqlite", f"sqlite:///{folder / 'sgmim.db'}")
+        return
+    url = create_pg_database()
+    try:
+        yield Backend("postgres", url)
+    finally:
+        drop_pg_database(url)
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        data_dir=data_dir, database_url=database_url, sse_poll_interval_s=0.05, sse_keepalive_s=1.0
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def reset_database(repo: JobRepo) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with repo.db.write() as s:
+        if repo.db.dialect == "postgresql":
+            s.execute(text("TRUNCATE " + ", ".join(tables) + " CASCADE"))
+        else:
+            for t in tables:
+                s.execute(text(f"DELETE FROM {t}"))
+
+
+@dataclass
+class Api:
+    client: TestClient
+    repo: JobRepo
+    settings: Settings
+    backend: str
+
+    def submit(self, body: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        r = self.client.post("/api/v1/jobs", json=body or PRETRAIN, **kw)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def messages(self) -> list[dict[str, Any]]:
+        return broker_messages(self.settings)
+
+    def succeed(self, job_id: str) -> None:
+        attempt = self.repo.claim_job(job_id, "w")
+        assert attempt is not None
+        assert self.repo.finish_job(job_id, attempt, "succeeded")
+
+
+def broker_messages(settings: Settings) -> list[dict[str, Any]]:
+    """Messages waiting in the filesystem broker: {queue, args, kwargs, task, priority}."""
+    import base64
+    import json
+
+    folder = settings.data_dir / "broker" / "queue"
+    out = []
+    for name in sorted(os.listdir(folder)) if folder.exists() else []:
+        msg = json.loads((folder / name).read_text())
+        args, kwargs, _ = json.loads(base64.b64decode(msg["body"]))
+        out.append(
+            {
+                "queue": name.partition(".")[2].removesuffix(".msg"),
+                "args": args,
+                "kwargs": kwargs,
+                "task": msg["headers"]["task"],
+                "priority": msg["properties"].get("priority"),
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def app_env(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    data_dir = tmp_path_factory.mktemp(f"data-{backend.name}")
+    settings = make_settings(data_dir, backend.url)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client, app.state.repo, settings, backend.name)
+
+
+@pytest.fixture
+def api(app_env: Api) -> Api:
+    reset_database(app_env.repo)
+    for sub in ("broker/queue", "artifacts"):
+        folder = app_env.settings.data_dir / sub
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    return app_env
+
+
+# A real uvicorn process ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    settings: Settings
+    repo: JobRepo
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_uvicorn(
+    settings: Settings,
+    env_extra: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 60.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGMIM_")}
+    env.update(
+        {
+            "SGMIM_DATA_DIR": str(settings.data_dir),
+            "SGMIM_DATABASE_URL": settings.database_url or "",
+            "SGMIM_SSE_POLL_INTERVAL_S": "0.05",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if settings.broker_url:
+        env["SGMIM_BROKER_URL"] = settings.broker_url
+    env.update(env_extra or {})
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {proc.returncode}: {log.read_text() if log else ''}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("uvicorn did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp(f"uvicorn-{backend.name}")
+    settings = make_settings(data_dir, backend.url)
+    log = data_dir / "uvicorn.log"
+    proc, url = start_uvicorn(settings, log=log)
+    from service.db.session import Database
+
+    db = Database.from_settings(settings)
+    try:
+        yield Server(url, settings, JobRepo(db), proc, log)
+    finally:
+        stop(proc)
+        db.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_repo(backend: Backend) -> Iterator[JobRepo]:
+    from service.db import migrate
+    from service.db.session import Database
+
+    db = Database(backend.url)
+    migrate.upgrade(db.engine)
+    try:
+        yield JobRepo(db)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def repo(session_repo: JobRepo) -> JobRepo:
+    reset_database(session_repo)
+    return session_repo
+
+
+def submit_spec(repo: JobRepo, kind: str = "pretrain", name: str = "t", **fields: Any) -> str:
+    """Store a job directly (DB level), as the API would after validation."""
+    spec = {"kind": kind, "name": name, "priority": 5, "max_restarts": 2, **fields}
+    return repo.submit(spec, queue="sgmim", run_dir_root="/tmp/sgmim-test-runs").job.id

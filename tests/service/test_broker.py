@@ -1,0 +1,97 @@
+"""Enqueue through a real Redis (database 11, flushed), the Celery app's deliberate settings, and
+the API's behaviour when the broker is down."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from tests.service.conftest import PRETRAIN, REDIS_URL, make_settings
+from worker.celery_app import make_celery, message_priority, queue_for
+
+JOBS = "/api/v1/jobs"
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def test_redis_enqueue_priorities_and_queue_depth(tmp_path, redis_client: redis.Redis):
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url=REDIS_URL)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/readyz").json()["checks"]["broker"] == "ok"
+        low = client.post(JOBS, json={**PRETRAIN, "name": "low", "priority": 0}).json()["id"]
+        mid = client.post(JOBS, json={**PRETRAIN, "name": "mid"}).json()["id"]
+        high = client.post(JOBS, json={**PRETRAIN, "name": "high", "priority": 9}).json()["id"]
+        gpu = client.post(JOBS, json={**PRETRAIN, "name": "gpu", "resources": {"gpu_type": "h100"}}).json()[
+            "id"
+        ]
+        # Redis serves priority 0 first: spec priority p travels as 9 - p
+        assert redis_client.llen("sgmim") == 1 and redis_client.llen("sgmim:4") == 1
+        assert redis_client.llen("sgmim:9") == 1 and redis_client.llen("sgmim.h100:4") == 1
+        raw = json.loads(redis_client.lindex("sgmim", 0))
+        args, kwargs, _ = json.loads(base64.b64decode(raw["body"]))
+        assert args == [high] and kwargs == {} and raw["headers"]["task"] == "sgmim.run_job"
+        metrics = client.get("/metrics").text
+        assert 'sgmim_queue_depth{queue="sgmim",source="broker"} 3.0' in metrics
+        assert 'sgmim_queue_depth{queue="sgmim.h100",source="broker"} 1.0' in metrics
+    # a consumer gets them in priority order
+    app = make_celery(settings)
+    order = []
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("sgmim")
+        for _ in range(3):
+            message = queue.get(timeout=5)
+            order.append(message.payload[0][0])
+            message.ack()
+        queue.close()
+    assert order == [high, mid, low]
+    assert gpu not in order
+
+
+def test_broker_down_job_is_stored_and_readyz_says_so(tmp_path):
+    settings = make_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url="redis://127.0.0.1:1/0"
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["broker"].startswith(
+            "unreachable"
+        )
+        r = client.post(JOBS, json=PRETRAIN)
+        assert r.status_code == 201 and r.json()["status"] == "queued"
+        # not marked as sent: the reaper will send its message again
+        assert [q.id for q in client.app.state.repo.find_unclaimed_queued(3600)] == [r.json()["id"]]
+        assert 'sgmim_queue_depth{queue="sgmim",source="database"} 1.0' in client.get("/metrics").text
+
+
+def test_celery_app_settings_are_deliberate(tmp_path):
+    settings = make_settings(
+        tmp_path, "sqlite://", broker_url="redis://127.0.0.1:6379/11", broker_visibility_timeout_s=86400
+    )
+    conf = make_celery(settings).conf
+    assert conf.task_acks_late is True and conf.worker_prefetch_multiplier == 1
+    assert conf.task_reject_on_worker_lost is False and conf.worker_concurrency == 1
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
+    options = conf.broker_transport_options
+    assert options["visibility_timeout"] == 86400 and options["priority_steps"] == list(range(10))
+    assert options["queue_order_strategy"] == "priority"
+    assert conf.task_default_queue == "sgmim" and conf.result_backend is None
+    fs = make_celery(make_settings(tmp_path, "sqlite://")).conf.broker_transport_options
+    assert fs["data_folder_in"] == fs["data_folder_out"] == str(tmp_path / "broker" / "queue")
+    assert (tmp_path / "broker" / "control").is_dir()
+    assert message_priority(9, "redis://x") == 0 and message_priority(0, "redis://x") == 9
+    assert message_priority(7, "filesystem://") == 7
+    assert queue_for(None) == "sgmim" and queue_for("a100") == "sgmim.a100"

@@ -1,0 +1,91 @@
+"""Property-based API testing: schemathesis over /openapi.json of the running uvicorn server
+(both databases) finds no 5xx and no response that breaks its own documented schema.
+
+Driven through hypothesis directly (one strategy per operation, valid and invalid inputs): the
+schemathesis pytest plugin's lazy fixtures do not work with this pytest version. Generated job
+ids almost never exist, so part of the cases are pointed at seeded jobs (a succeeded one with
+metrics, logs, checkpoints and an evaluation; a failed one) to reach the 200/409 answers too.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from tests.service.conftest import PRETRAIN, Server
+
+pytestmark = pytest.mark.slow
+MAX_EXAMPLES = 25
+
+
+def _seed(server: Server) -> tuple[str, str]:
+    repo = server.repo
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        done, failed = (
+            client.post("/api/v1/jobs", json={**PRETRAIN, "name": n}).json()["id"]
+            for n in ("fuzz-ok", "fuzz-failed")
+        )
+    attempt = repo.claim_job(done, "w")
+    repo.append_metrics(done, [{"step": i, "name": "loss", "value": 1.0 / (i + 1)} for i in range(20)])
+    repo.append_logs(done, [f"line {i}" for i in range(20)])
+    run = server.settings.run_dir(done)
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "encoder.safetensors").write_bytes(b"w" * 1000)
+    (run / "checkpoints" / "global_step20").mkdir(parents=True)
+    (run / "checkpoints" / "global_step20" / "model.pt").write_bytes(b"m" * 100)
+    repo.record_checkpoint(done, "encoder", "encoder", 20, 1000, "export/encoder.safetensors")
+    repo.record_checkpoint(done, "global_step20", "deepspeed", 20, 100, "checkpoints/global_step20")
+    repo.set_evaluation(done, {"task": "depth", "metrics": {"rmse": 0.4}})
+    repo.finish_job(done, attempt, "succeeded")
+    a = repo.claim_job(failed, "w")
+    repo.finish_job(failed, a, "failed", "boom")
+    return done, failed
+
+
+def test_no_server_errors_and_responses_match_the_schema(server: Server):
+    done, failed = _seed(server)
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 13
+    statuses: dict[int, int] = {}
+    for operation in operations:
+        # a failed job may be resumed by a generated call; its event stream would then not end
+        real_ids = [done] if operation.path.endswith("/events") else [done, failed]
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(
+                case=operation.as_strategy(generation_mode=mode),
+                real=st.sampled_from([None, *real_ids]),
+                name=st.sampled_from([None, "encoder", "global_step20"]),
+            )
+            @settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            def check(case, real, name) -> None:
+                if real and case.path_parameters and "job_id" in case.path_parameters:
+                    case.path_parameters["job_id"] = real
+                    if name and "name" in case.path_parameters:
+                        case.path_parameters["name"] = name
+                response = case.call_and_validate(
+                    base_url=server.url, timeout=10, checks=[not_a_server_error, response_schema_conformance]
+                )
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+            try:
+                check()
+            except Unsatisfiable:
+                # no parameters to make invalid (e.g. /healthz): nothing negative to send
+                assert mode is GenerationMode.NEGATIVE, operation.label
+    # the run reached successes, conflicts, missing jobs and invalid input
+    assert {200, 404, 409, 422} <= set(statuses), statuses
