@@ -126,14 +126,16 @@ class FinetuneEncoderConfig(StrictModel):
     window_size): position tables are resampled as timm does. With `init: random` timm_name and
     the size fields describe the whole encoder."""
 
-    timm_name: str | None = Field(None, description="timm Swin, SwinV2 or ViT name; required with init: random")
+    timm_name: str | None = Field(None, description="timm Swin, SwinV2 or ViT name; required with "
+                                                   "init: random")
     img_size: int | tuple[int, int] | None = Field(
         None, description="input size, side or (H, W); default: data.crop_size, else the dataset's "
                           "training crop (KITTI 352, NYU (448, 576), ADE20K 512), else the recorded size")
     patch_size: int | None = Field(None, ge=1, le=64)
     window_size: int | None = Field(None, ge=1, le=64, description="Swin/SwinV2 only")
     embed_dim: int | None = Field(None, ge=8, le=4096)
-    depths: list[int] | None = Field(None, min_length=1, max_length=8, description="Swin/SwinV2: blocks per stage")
+    depths: list[int] | None = Field(None, min_length=1, max_length=8,
+                                     description="Swin/SwinV2: blocks per stage")
     depth: int | None = Field(None, ge=1, le=64, description="ViT: number of blocks")
     num_heads: int | list[int] | None = None
     drop_path_rate: float | None = Field(

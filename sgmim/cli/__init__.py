@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from sgmim.cli import jobs as client
+from sgmim.cli.analyze import analyze_app
 from sgmim.cli.data import data_app
 from sgmim.cli.plot import plot
 from sgmim.cli.services import serve, worker
@@ -37,11 +40,18 @@ app.command("eval")(client.evaluation)
 app.command()(plot)
 app.command()(train)
 app.add_typer(data_app, name="data")
+app.add_typer(analyze_app, name="analyze")
 
 
 @app.command()
-def demo(steps: int = typer.Option(20, help="optimisation steps of the local demo")) -> None:
-    """Pretrain a tiny SG-MIM and its SimMIM baseline for a few steps and print the losses."""
-    from sgmim.cli.local_demo import run_local_demo
+def demo(
+    size: str = typer.Option("default", help="default (a few minutes on 2 CPU cores) or small (CI)"),
+    workdir: Path | None = typer.Option(None, help="where state and artifacts go "
+                                                   "(default runs/demo-<time>)"),
+) -> None:
+    """Start the service, pretrain SG-MIM and SimMIM, fine-tune and evaluate both, compare."""
+    from sgmim.cli.demo import SIZES, run_demo
 
-    run_local_demo(steps)
+    if size not in SIZES:
+        raise typer.BadParameter(f"choose one of {', '.join(SIZES)}", param_hint="--size")
+    run_demo(size, workdir)

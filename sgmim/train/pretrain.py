@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from sgmim.config import PretrainJob
 from sgmim.data import build_pretrain_dataset
 from sgmim.models import SGMIM
