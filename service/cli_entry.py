@@ -10,9 +10,11 @@ It applies the migrations, refuses a non-loopback address unless a token is conf
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -52,29 +54,17 @@ def prepare(settings: Settings, host: str) -> None:
 
 
 def start_worker(settings: Settings, queues: list[str] | None = None) -> subprocess.Popen[bytes]:
-    """One local Celery worker (concurrency 1, prefork pool) consuming the default queue."""
+    """One local worker (`python -m worker`: concurrency 1, prefork pool), the same program as
+    `sgmim worker`, consuming the default queue."""
     queues = queues or [settings.default_queue]
     env = {**os.environ, "SGMIM_DATA_DIR": str(settings.data_dir)}
     if settings.database_url:
         env["SGMIM_DATABASE_URL"] = settings.database_url
     if settings.broker_url:
         env["SGMIM_BROKER_URL"] = settings.broker_url
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app:app",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "-Q",
-        ",".join(queues),
-    ]
+    if settings.artifact_root:
+        env["SGMIM_ARTIFACT_ROOT"] = str(settings.artifact_root)
+    cmd = [sys.executable, "-m", "worker", "--queues", ",".join(queues), "--concurrency", "1"]
     return subprocess.Popen(cmd, env=env, start_new_session=True)
 
 
@@ -110,4 +100,8 @@ def run_server(
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                # the whole worker (the pool child supervising a run too: the run dies with it,
+                # and the reaper requeues the job when a worker runs again)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()

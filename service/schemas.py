@@ -165,9 +165,10 @@ class LogsOut(BaseModel):
 
 class CheckpointOut(BaseModel):
     name: str
-    kind: Literal["deepspeed", "encoder"] = Field(
-        description="deepspeed: a DeepSpeed tag folder (downloaded as a tar); encoder: the exported "
-        "fp32 encoder (safetensors, Range supported)"
+    kind: Literal["deepspeed", "encoder", "model"] = Field(
+        description="deepspeed: a DeepSpeed tag folder (downloaded as a tar); encoder: a pretraining "
+        "job's exported fp32 encoder; model: a fine-tuning job's exported model, encoder and head "
+        "(both safetensors, Range supported)"
     )
     step: int | None = None
     size_bytes: int

@@ -98,6 +98,37 @@ class Settings(BaseSettings):
         description="run the reaper (service.reaper.reap_once) in the API process every "
         "reaper_interval_s; otherwise the worker runs it.",
     )
+    cancel_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="worker: after a cancel, how long the trainer's process group has between "
+        "SIGTERM and SIGKILL.",
+    )
+    hostfile: Path | None = Field(
+        None,
+        description="worker, multi-node jobs (resources.nodes > 1): DeepSpeed-style hostfile, one "
+        "`host slots=N` line per GPU box (# comments). The claiming worker's box is node 0; the "
+        "next hosts in file order with enough slots are nodes 1..M-1. Loopback names (and this "
+        "box's hostname or node_addr) are launched locally; other hosts over ssh_command.",
+    )
+    node_addr: str | None = Field(
+        None,
+        description="worker, multi-node jobs: this box's address as the other nodes reach it "
+        "(the master address when this box is node 0). Default: 127.0.0.1 when every node is "
+        "local, else the box's host name as the hostfile spells it.",
+    )
+    master_port: int = Field(
+        29500,
+        ge=0,
+        le=65535,
+        description="worker, multi-node jobs: the rendezvous port on node 0 (open it between the "
+        "boxes); 0 picks a free port. Single-node jobs always use a free port.",
+    )
+    ssh_command: str = Field(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        description="worker, multi-node jobs: how node 0's worker starts the launcher of a "
+        "non-local node (`<ssh_command> -tt <host> 'cd <cwd> && exec env ... <argv>'`).",
+    )
     idempotency_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="how long an Idempotency-Key is remembered."
     )
@@ -114,7 +145,7 @@ class Settings(BaseSettings):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 
-    @field_validator("data_dir", "artifact_root", "token_file", mode="after")
+    @field_validator("data_dir", "artifact_root", "token_file", "hostfile", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

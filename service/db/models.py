@@ -170,7 +170,7 @@ class Checkpoint(Base):
         String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(256), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), doc="deepspeed (a tag folder) or encoder (a file)")
+    kind: Mapped[str] = mapped_column(String(16), doc="deepspeed (a tag folder), encoder or model (a file)")
     step: Mapped[int | None] = mapped_column(BigInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text, doc="relative to the run directory")

@@ -15,6 +15,7 @@ The worker uses, with `repo = JobRepo(Database.from_settings(settings))`:
     repo.append_logs(job_id, ["line", ...])
     repo.record_checkpoint(job_id, "global_step100", "deepspeed", 100, size, "checkpoints/global_step100")
     repo.record_checkpoint(job_id, "encoder", "encoder", 100, size, "export/encoder.safetensors")
+    repo.record_checkpoint(job_id, "model", "model", 100, size, "export/model.safetensors")  # finetune
     repo.set_evaluation(job_id, {...})
     repo.finish_job(job_id, attempt, "succeeded" | "failed" | "cancelled", error=None)
     repo.is_cancel_requested(job_id)
@@ -70,7 +71,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued"}),  # resume
 }
 
-CHECKPOINT_KINDS = ("deepspeed", "encoder")
+CHECKPOINT_KINDS = ("deepspeed", "encoder", "model")  # model: a fine-tuning export (encoder + head)
 _CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9._-]{1,256}")  # global_step100, encoder, ...
 MAX_LOG_LINE = 16_384
 MAX_METRIC_NAME = 128

@@ -1,9 +1,10 @@
 """/api/v1/jobs/{id}/checkpoints: list and download.
 
 `deepspeed` checkpoints (a tag folder such as checkpoints/global_step100) download as a tar
-streamed on the fly; the `encoder` export (export/encoder.safetensors) downloads as a file with
-single-range support (206 / 416). Names resolve only against what the worker recorded, and the
-resolved real path must lie inside the job's run directory: anything else is a 404.
+streamed on the fly; the `encoder` export (export/encoder.safetensors) and a fine-tuning job's
+`model` export (export/model.safetensors) download as files with single-range support (206 /
+416). Names resolve only against what the worker recorded, and the resolved real path must lie
+inside the job's run directory: anything else is a 404.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ def _missing(job_id: str, name: str) -> JSONResponse:
     response_class=Response,
     responses={
         200: {
-            "description": "deepspeed: a tar of the tag folder; encoder: the safetensors file",
+            "description": "deepspeed: a tar of the tag folder; encoder, model: the safetensors file",
             "content": {
                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         },
         206: {
-            "description": "the requested byte range (encoder only)",
+            "description": "the requested byte range (encoder and model only)",
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         },
         416: {"model": ErrorOut, "description": "the range lies outside the file"},

@@ -217,8 +217,9 @@ def download(
         items = api.get(f"/jobs/{job_id}/checkpoints")["items"]
         if not items:
             fail(f"job {job_id} has no checkpoints yet")
+        exports = [c for c in items if c["kind"] in ("encoder", "model")]
         chosen = next((c for c in items if c["name"] == name), None) if name else \
-            next((c for c in items if c["kind"] == "encoder"), items[-1])
+            (exports or items)[-1]
         if chosen is None:
             fail(f"job {job_id} has no checkpoint {name!r}; it has: "
                  + ", ".join(c["name"] for c in items), code=2)

@@ -42,3 +42,6 @@ class TrainTask(Protocol):
 
     def after_training(self, engine, run_dir: Path) -> None:
         """Every rank, after the export (fine-tuning evaluates its validation split here)."""
+
+    # Optional: `before_training(engine, metrics: MetricsWriter)`, called on every rank before the
+    # first step of a fresh (not resumed) run; fine-tuning logs its step-0 validation there.

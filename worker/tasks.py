@@ -1,0 +1,164 @@
+"""The Celery task `sgmim.run_job(job_id)` and the worker-side reaper.
+
+The task claims the job row atomically (`claim_job`: queued -> running with this worker's node
+name and the next attempt number). A claim that fails means the job is not queued: another
+worker runs it, a redelivered or duplicated message arrived while it runs, or it was cancelled
+while queued (so a cancelled queued job never starts). Then the task logs that and returns.
+Otherwise the job supervisor runs the attempt to its end inside the task. The task never raises
+for a job's failure: the outcome lives in the database.
+
+Acknowledgement, deliberately LATE (`task_acks_late=True` in worker/celery_app.py):
+- with prefetch multiplier 1 and concurrency 1, a worker busy with a multi-hour run holds
+  exactly one unacked message, the running one; with early ack the freed prefetch slot would
+  pull the next job's message into this busy box's buffer while idle boxes wait;
+- the price: Redis redelivers an unacked message after `visibility_timeout`. It is set to 7 days
+  (settings.broker_visibility_timeout_s), and a redelivered copy, arriving at any worker at any
+  time, fails its claim because the job is no longer `queued`: it can never start a second run;
+- `task_reject_on_worker_lost=False`: a pool child that dies has its message acked, not
+  requeued; a worker killed whole (or the box) loses the message (filesystem and SQLAlchemy
+  transports) or leaves it unacked until the visibility timeout (Redis). Recovery of both is
+  the reaper's: the job's heartbeat goes stale, it is requeued (attempt < max_restarts) and its
+  message sent again, and the next attempt resumes from the run directory's latest checkpoint.
+
+The reaper (`service.reaper.reap_once`) runs in the worker's main process every
+`settings.reaper_interval_s`, in a daemon thread started on `worker_ready`, unless the API runs
+it (`settings.reaper_in_api`). Several reapers are harmless (each requeue re-checks the row).
+
+Nothing here imports torch (the launcher module and the spec schema are torch-free), so the
+worker process never initialises CUDA; the ranks the supervisor starts do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from celery import shared_task
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from service.broker import Broker
+from service.db import open_repo
+from service.db.repo import JobRepo
+from service.settings import Settings
+from worker.celery_app import TASK_NAME
+from worker.supervisor import Supervisor
+
+log = logging.getLogger("worker.tasks")
+
+
+@dataclass
+class Runtime:
+    """Settings and database handle of one process (the Celery parent or a pool child)."""
+
+    settings: Settings
+    repo: JobRepo
+
+
+_runtimes: dict[int, Runtime] = {}
+_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's runtime, created on first use (after the fork: pool children never share
+    the parent's database connections)."""
+    pid = os.getpid()
+    with _lock:
+        rt = _runtimes.get(pid)
+        if rt is None:
+            settings = Settings()
+            rt = _runtimes[pid] = Runtime(settings, open_repo(settings, migrate=False))
+        return rt
+
+
+@worker_process_init.connect
+def _forget_inherited_connections(**_kwargs: object) -> None:
+    """In a fresh pool child: drop the parent's pooled connections without closing them (they
+    belong to the parent), as SQLAlchemy recommends after fork."""
+    with _lock:
+        for pid, rt in list(_runtimes.items()):
+            if pid != os.getpid():
+                rt.repo.db.engine.dispose(close=False)
+                del _runtimes[pid]
+
+
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def run_job(self, job_id: str) -> str:
+    """Claim the job and supervise its attempt to the end. Returns the outcome (for logs)."""
+    return execute(job_id, self.request.hostname or f"worker@{socket.gethostname()}")
+
+
+def execute(job_id: str, worker_name: str) -> str:
+    rt = runtime()
+    try:
+        attempt = rt.repo.claim_job(str(job_id), worker_name)
+    except Exception:
+        # the message is gone; the job stays queued and the reaper sends it again
+        log.exception("job %s: claim failed (database unreachable?); the reaper will resend it", job_id)
+        return "claim-error"
+    if attempt is None:
+        try:
+            status = rt.repo.get(str(job_id)).status
+        except Exception:
+            status = "unknown"
+        log.info(
+            "job %s: not claimed (it is %s): already claimed or cancelled, nothing to do", job_id, status
+        )
+        return "not-claimed"
+    log.info("job %s: claimed by %s, attempt %d", job_id, worker_name, attempt)
+    outcome = Supervisor(rt.repo, rt.settings, str(job_id), attempt, worker_name).run()
+    log.info("job %s attempt %d: %s", job_id, attempt, outcome)
+    return outcome
+
+
+# The reaper -------------------------------------------------------------------------------------
+
+_reaper_stop = threading.Event()
+
+
+def reaper_loop(settings: Settings, stop: threading.Event) -> None:
+    from service.reaper import reap_once
+
+    rt = runtime()
+    broker = Broker(settings)
+    try:
+        while not stop.wait(settings.reaper_interval_s):
+            try:
+                report = reap_once(rt.repo, broker, settings)
+            except Exception:
+                log.exception("reaper pass failed")
+                continue
+            if report.requeued or report.failed or report.cancelled or report.resent:
+                log.info(
+                    "reaper: requeued %s, failed %s, cancelled %s, resent %s",
+                    report.requeued,
+                    report.failed,
+                    report.cancelled,
+                    report.resent,
+                )
+    finally:
+        broker.close()
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs: object) -> None:
+    settings = runtime().settings
+    if settings.reaper_in_api:
+        log.info("reaper: runs in the API (reaper_in_api)")
+        return
+    _reaper_stop.clear()
+    threading.Thread(
+        target=reaper_loop, args=(settings, _reaper_stop), name="sgmim-reaper", daemon=True
+    ).start()
+    log.info(
+        "reaper: every %g s (stale heartbeat after %g s)",
+        settings.reaper_interval_s,
+        settings.stale_heartbeat_s,
+    )
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_kwargs: object) -> None:
+    _reaper_stop.set()
