@@ -63,10 +63,13 @@ def jobs(
     api = connect(ctx)
     with api_errors(api.url):
         page = api.get("/jobs", status=status, kind=kind, limit=limit)
-    table = Table("id", "kind", "name", "status", "progress", "created", box=None)
+    table = Table(box=None)
+    for column in ("id", "kind", "status", "progress", "created"):  # never cut: users copy ids
+        table.add_column(column, no_wrap=True)
+    table.add_column("name", overflow="ellipsis", no_wrap=True)
     for job in page["items"]:
-        table.add_row(job["id"], job["kind"], job["name"], job["status"], progress_text(job),
-                      job["created_at"][:19].replace("T", " "))
+        table.add_row(job["id"], job["kind"], job["status"], progress_text(job),
+                      job["created_at"][5:16].replace("T", " "), job["name"])
     console.print(table)
     if page.get("next_cursor"):
         console.print(f"(more: --limit {limit * 2})", style="dim")

@@ -1,0 +1,55 @@
+"""A real server for the CLI tests: `sgmim serve --with-worker` on the embedded defaults."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sgmim.train.launch import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGMIM_")}
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sgmim.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    port = free_port()
+    env = clean_env(SGMIM_DATA_DIR=str(state))
+    log = (state / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(port),
+                             "--with-worker"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("server did not start:\n" + (state / "server.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
+           "state": state}
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
