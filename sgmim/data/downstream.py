@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sgmim.data.ade20k import Ade20kSource
-from sgmim.data.cache import SharedCache
 from sgmim.data.config import AugmentConfig, DownstreamDataConfig
 from sgmim.data.errors import DataError, SkipPolicy
 from sgmim.data.folder import FolderSource
 from sgmim.data.kitti import KittiSource
 from sgmim.data.nyu import nyu_source
 from sgmim.data.pretrain import as_hw
-from sgmim.data.synthetic import CLASS_NAMES, render_scene, split_seeds
+from sgmim.data.synthetic import CLASS_NAMES, split_seeds
+from sgmim.data.synthetic.source import CachedScenes
 from sgmim.data.transforms import (
     IGNORE_INDEX,
     LABEL,
@@ -69,32 +69,18 @@ class LabelledSource(Protocol):
     def load(self, index: int) -> dict[str, np.ndarray]: ...
 
 
-class SyntheticLabelledSource:
+class SyntheticLabelledSource(CachedScenes):
     """Procedural scenes of one split with exact depth and semantic labels."""
 
     tasks = ("depth", "segmentation")
 
     def __init__(self, cfg: DownstreamDataConfig, split: str):
-        self.seeds = split_seeds(split, cfg.seed, cfg.num_images or SYNTHETIC_SCENES)
-        self.size = as_hw(cfg.synthetic.render_size or SYNTHETIC_SIZE)
-        self.synthetic = cfg.synthetic
-        h, w = self.size
-        spec = {"rgb": ((h, w, 3), np.uint8), "depth": ((h, w), np.float32), "label": ((h, w), np.uint8)}
-        self.cache = SharedCache(len(self.seeds), spec, cfg.synthetic.cache_mb << 20)
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def name(self, index: int) -> str:
-        return f"scene_{self.seeds[index]:010d}"
-
-    def _render(self, index: int) -> dict[str, np.ndarray]:
-        scene = render_scene(self.seeds[index], self.size, self.synthetic.pseudo_depth,
-                             self.synthetic.num_objects)
-        return {"rgb": scene.rgb, "depth": scene.depth, "label": scene.label}
+        super().__init__(split_seeds(split, cfg.seed, cfg.num_images or SYNTHETIC_SCENES),
+                         as_hw(cfg.synthetic.render_size or SYNTHETIC_SIZE), cfg.synthetic,
+                         {"rgb": "rgb", "depth": "depth", "label": "label"})
 
     def load(self, index: int) -> dict[str, np.ndarray]:
-        item = self.cache.get(index, self._render)
+        item = self.get(index)
         return {"rgb": item["rgb"], "depth": item["depth"], "label": item["label"].astype(np.int64)}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from sgmim.data.errors import DataError, SkipPolicy
 from sgmim.data.io import read_png_values, read_rgb
-from sgmim.data.splitfile import find_split_file, read_split_file
+from sgmim.data.splitfile import SplitFileSource, find_split_file
 
 KITTI_DEPTH_SCALE = 256.0
 KB_CROP = (352, 1216)
@@ -36,20 +36,11 @@ def kb_crop_box(height: int, width: int, path: Path) -> tuple[slice, slice]:
     return slice(top, top + crop_h), slice(left, left + crop_w)
 
 
-class KittiSource:
-    tasks = ("depth",)
-
+class KittiSource(SplitFileSource):
     def __init__(self, root: str | Path, split: str, policy: SkipPolicy, limit: int | None = None):
         root = Path(root)
-        split_file = find_split_file(root, split, SPLIT_FILES)
-        self.entries = read_split_file(split_file, root, IMAGE_BASES, DEPTH_BASES, policy)[:limit]
-        self.root = root
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def name(self, index: int) -> str:
-        return str(self.entries[index].image.relative_to(self.root))
+        super().__init__(root, find_split_file(root, split, SPLIT_FILES), IMAGE_BASES, DEPTH_BASES,
+                         policy, limit)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         """KB-cropped `rgb` (352, 1216, 3) uint8 and `depth` (352, 1216) float32 metres."""

@@ -19,7 +19,7 @@ import scipy.io
 
 from sgmim.data.errors import DataError, SkipPolicy
 from sgmim.data.io import read_png_values, read_rgb
-from sgmim.data.splitfile import find_split_file, read_split_file
+from sgmim.data.splitfile import SplitFileSource, find_split_file
 
 NYU_DEPTH_SCALE = 1000.0
 NYU_SIZE = (480, 640)
@@ -107,20 +107,11 @@ class NyuLabeledSource:
         return {"rgb": rgb, "depth": depth}
 
 
-class NyuSyncSource:
+class NyuSyncSource(SplitFileSource):
     """BTS's sync layout listed by a split file."""
 
-    tasks = ("depth",)
-
     def __init__(self, root: Path, split_file: Path, policy: SkipPolicy, limit: int | None = None):
-        self.entries = read_split_file(split_file, root, IMAGE_BASES, IMAGE_BASES, policy)[:limit]
-        self.root = root
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def name(self, index: int) -> str:
-        return str(self.entries[index].image.relative_to(self.root))
+        super().__init__(root, split_file, IMAGE_BASES, IMAGE_BASES, policy, limit)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         """`rgb` (H, W, 3) uint8 and `depth` (H, W) float32 metres."""

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sgmim.data.cache import SharedCache
 from sgmim.data.config import PretrainDataConfig, Size
 from sgmim.data.errors import SkipPolicy
 from sgmim.data.image_folder import ImageFolderSource
-from sgmim.data.synthetic import render_scene, split_seeds
+from sgmim.data.synthetic import split_seeds
+from sgmim.data.synthetic.source import CachedScenes
 from sgmim.data.transforms import SMOOTH, augment_pair, image_to_tensor, normalize
 
 MaskFn = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -34,30 +34,15 @@ class PairSource(Protocol):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class SyntheticSource:
+class SyntheticSource(CachedScenes):
     """Procedural scenes of one split; the pseudo-depth is the structured knowledge."""
 
     def __init__(self, cfg: PretrainDataConfig, size: Size, split: str):
-        self.seeds = split_seeds(split, cfg.seed, cfg.num_images)
-        self.size = as_hw(size)
-        self.synthetic = cfg.synthetic
-        h, w = self.size
-        spec = {"rgb": ((h, w, 3), np.uint8), "depth": ((h, w), np.float32)}
-        self.cache = SharedCache(len(self.seeds), spec, cfg.synthetic.cache_mb << 20)
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def name(self, index: int) -> str:
-        return f"scene_{self.seeds[index]:010d}"
-
-    def _render(self, index: int) -> dict[str, np.ndarray]:
-        scene = render_scene(self.seeds[index], self.size, self.synthetic.pseudo_depth,
-                             self.synthetic.num_objects)
-        return {"rgb": scene.rgb, "depth": scene.pseudo_depth}
+        super().__init__(split_seeds(split, cfg.seed, cfg.num_images), as_hw(size), cfg.synthetic,
+                         {"rgb": "rgb", "depth": "pseudo_depth"})
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        item = self.cache.get(index, self._render)
+        item = self.get(index)
         return item["rgb"], item["depth"]
 
 

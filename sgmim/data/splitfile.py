@@ -70,3 +70,20 @@ def read_split_file(path: Path, root: Path, image_bases: tuple[str, ...], target
     if not entries:
         raise DataError(f"{path}: no line names an image and a ground truth that exist under {root}")
     return entries
+
+
+class SplitFileSource:
+    """Base of the sources listed by a split file: `entries` (image, target) under `root`."""
+
+    tasks = ("depth",)
+
+    def __init__(self, root: Path, split_file: Path, image_bases: tuple[str, ...],
+                 target_bases: tuple[str, ...], policy: SkipPolicy, limit: int | None = None):
+        self.entries = read_split_file(split_file, root, image_bases, target_bases, policy)[:limit]
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def name(self, index: int) -> str:
+        return str(self.entries[index].image.relative_to(self.root))

@@ -80,7 +80,7 @@ def test_scenes_are_rendered_once_then_cached(masks, monkeypatch):
         calls.append(args[0])
         return render(*args, **kwargs)
 
-    monkeypatch.setattr("sgmim.data.pretrain.render_scene", counting)
+    monkeypatch.setattr("sgmim.data.synthetic.source.render_scene", counting)
     dataset = synthetic(masks)
     for epoch in range(3):
         dataset.set_epoch(epoch)
