@@ -170,3 +170,18 @@ def test_param_groups_exempt_norms_biases_and_tokens():
     assert by_id[id(named["fusion.q.weight"])] == 0.05
     assert sum(len(g["params"]) for g in groups) == len(named)
     assert torch.is_tensor(named["encoder.mask_token"])
+
+
+def test_resume_on_another_process_count_converts_to_universal(tmp_path):
+    schedule = {"steps": 4, "epochs": None, "log_every": 1, "checkpoint_every": 4}
+    run_dir = tmp_path / "run"
+    code, out = train(tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128}), run_dir)
+    assert code == 0, out
+    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128})
+    code, out = train(longer, run_dir, nproc=2)
+    assert code == 0, out
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["start_step"] == 4 and info["world_size"] == 2
+    assert (run_dir / "checkpoints" / "global_step4_universal").is_dir()
+    assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
+    assert "universal checkpoint" in (run_dir / "train.log").read_text()
