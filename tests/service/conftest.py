@@ -37,18 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = {"kind": "pretrain", "name": "t", "config": {"schedule": {"epochs": 1}}}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _clean_env() -> Iterator[None]:
-    """No SGMIM_* setting of the developer's shell leaks into the tests."""
-    saved = {
-        k: v for k, v in os.environ.items() if k.startswith("SGMIM_") and not k.startswith("SGMIM_TEST_")
-    }
-    for k in saved:
-        del os.environ[k]
-    yield
-    os.environ.update(saved)
-
-
 def _pg_admin():
     import psycopg
 

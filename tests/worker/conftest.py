@@ -49,18 +49,6 @@ WORKER_ENV = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _clean_env() -> Iterator[None]:
-    """No SGMIM_* setting of the developer's shell leaks into the settings built in-process."""
-    saved = {
-        k: v for k, v in os.environ.items() if k.startswith("SGMIM_") and not k.startswith("SGMIM_TEST_")
-    }
-    for k in saved:
-        del os.environ[k]
-    yield
-    os.environ.update(saved)
-
-
 def tiny_spec(steps: int = 12, name: str = "tiny", **sections: Any) -> dict[str, Any]:
     """pretrain-tiny.yaml cut down: 32 synthetic images, batch 8, `steps` steps, a metric line
     every step, a checkpoint every 4; `sections` update config sections (data, optim, ...)

@@ -1,0 +1,18 @@
+"""Fixtures of the whole suite."""
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_env() -> Iterator[None]:
+    """No SGMIM_* setting of the developer's shell leaks into the settings the tests build
+    (SGMIM_TEST_* variables, which point the tests at other servers, stay)."""
+    saved = {k: v for k, v in os.environ.items()
+             if k.startswith("SGMIM_") and not k.startswith("SGMIM_TEST_")}
+    for k in saved:
+        del os.environ[k]
+    yield
+    os.environ.update(saved)
