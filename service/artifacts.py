@@ -125,13 +125,9 @@ def stream_tar(entries: list[_Entry]) -> Iterator[bytes]:
             continue
         remaining = e.size
         try:
-            with open(e.path, "rb") as f:
-                while remaining > 0:
-                    chunk = f.read(min(CHUNK, remaining))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                    yield chunk
+            for chunk in stream_file(e.path, 0, e.size - 1):
+                remaining -= len(chunk)
+                yield chunk
         except OSError as exc:
             log.warning("tar: %s became unreadable: %s", e.path, exc)
         if remaining > 0:  # the file shrank: keep the archive well-formed
