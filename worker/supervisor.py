@@ -463,7 +463,7 @@ class Supervisor:
         this attempt no longer owns the job."""
         for delay in (0.5, 1, 2, 4, 8, 0):
             try:
-                owned = self.repo.finish_job(self.job_id, self.attempt, status, error)
+                owned = self.repo.finish_job(self.job_id, self.attempt, status, error, self.progress())
             except JobNotFound:
                 log.warning("job %s: gone from the database; %s not recorded", self.job_id, status)
                 return "lost"

@@ -224,6 +224,14 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+PROGRESS_FIELDS = ("step", "total_steps", "epoch")
+
+
+def _progress_values(progress: dict[str, Any] | None) -> dict[str, Any]:
+    """The known fields of a worker's progress report: an unknown one (None) keeps the stored value."""
+    return {k: progress[k] for k in PROGRESS_FIELDS if progress and progress.get(k) is not None}
+
+
 def _now_ts() -> float:
     return time.time()
 
@@ -702,10 +710,7 @@ class JobRepo:
 
         Returns the job's status ("running" or "cancelling": stop the run) while this attempt
         owns the job, else None (the job was requeued or finished: stop without writing more)."""
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
-        for key in ("step", "total_steps", "epoch"):
-            if progress and progress.get(key) is not None:
-                values[key] = progress[key]
+        values: dict[str, Any] = {"heartbeat_at": utcnow(), **_progress_values(progress)}
         with self.db.write() as s:
             status = s.execute(
                 update(Job)
@@ -834,8 +839,17 @@ class JobRepo:
             if not n:
                 raise JobNotFound(job_id)
 
-    def finish_job(self, job_id: str, attempt: int, status: str, error: str | None = None) -> bool:
-        """End this attempt: running/cancelling -> succeeded | failed | cancelled.
+    def finish_job(
+        self,
+        job_id: str,
+        attempt: int,
+        status: str,
+        error: str | None = None,
+        progress: dict[str, Any] | None = None,
+    ) -> bool:
+        """End this attempt: running/cancelling -> succeeded | failed | cancelled, recording its
+        final progress (step, total_steps, epoch) too: a run shorter than one heartbeat interval
+        would otherwise end without its total.
 
         Returns False (and changes nothing) when `attempt` no longer owns the job (the reaper
         requeued it and another attempt runs). Raises InvalidTransition for a target the state
@@ -849,7 +863,7 @@ class JobRepo:
                 return False
             if status == "cancelled" and job.status == "running":
                 raise InvalidTransition(job_id, job.status, status, "finish as cancelled")
-            self._transition(s, job, status, error=error, finished_at=now)
+            self._transition(s, job, status, error=error, finished_at=now, **_progress_values(progress))
             s.execute(
                 update(Attempt)
                 .where(Attempt.job_id == job_id, Attempt.attempt == attempt)

@@ -119,7 +119,7 @@ def test_success_records_metrics_logs_checkpoints_export_and_evaluation(env):
 
     job = repo.get(job_id)
     assert job.status == "succeeded" and job.error is None
-    assert job.step == 3 and job.total_steps in (None, 3)
+    assert job.step == 3 and job.total_steps == 3
     points = repo.metrics(job_id)
     assert sorted({p.name for p in points}) == ["loss", "lr"]
     assert [p.step for p in points if p.name == "loss"] == [1, 2, 3]
@@ -134,6 +134,16 @@ def test_success_records_metrics_logs_checkpoints_export_and_evaluation(env):
     assert repo.evaluation(job_id) == {"task": "depth", "metrics": {"abs_rel": 0.25, "delta1": None}}
     written = json.loads((settings.run_dir(job_id) / "spec.json").read_text())
     assert written["config"]["init_path"] == str(export), "init: parent resolved to the parent's export"
+
+
+def test_a_run_shorter_than_a_heartbeat_still_records_its_progress(env):
+    repo, settings = env
+    settings.heartbeat_interval_s = 3600
+    job_id = submit(repo, settings, PRETRAIN)
+    attempt = repo.claim_job(job_id, "w")
+    assert FakeTrainerSupervisor(repo, settings, job_id, attempt, "w@box").run() == "succeeded"
+    job = repo.get(job_id)
+    assert (job.step, job.total_steps, job.epoch) == (3, 3, 1.5)
 
 
 def test_nonzero_exit_fails_with_the_code_and_the_last_log_lines(env):
