@@ -52,6 +52,20 @@ def test_two_process_zero2_kill_and_resume(tmp_path):
     assert (run_dir / "export" / "encoder.safetensors").exists()
 
 
+def test_loader_workers_persist_across_epochs_and_change_nothing(tmp_path):
+    """Data is a function of (seed, epoch, index): a persistent loader worker must see each new
+    epoch (shared in memory), so the losses equal those of the in-process loader."""
+    losses = {}
+    for workers in (0, 1):
+        spec = tiny_spec(tmp_path, f"spec{workers}.yaml", data={"num_images": 64, "num_workers": workers},
+                         schedule={"steps": 8, "epochs": None, "log_every": 1, "checkpoint_every": None})
+        code, out = train(spec, tmp_path / f"run{workers}")
+        assert code == 0, out
+        losses[workers] = [m["loss"] for m in metric_lines(tmp_path / f"run{workers}") if "loss" in m]
+    assert len(losses[0]) == 8, "4 epochs of 2 steps"
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_metrics_jsonl_fields_and_export(tmp_path):
     spec = tiny_spec(tmp_path, schedule={"steps": 6, "epochs": None, "log_every": 2},
                      data={"num_images": 64})
