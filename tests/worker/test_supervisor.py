@@ -213,15 +213,22 @@ def test_multi_node_without_a_hostfile_fails_clearly(env):
     assert "SGMIM_HOSTFILE" in repo.get(job_id).error
 
 
-def test_an_attempt_that_lost_its_job_stops_its_run_and_writes_nothing(env):
-    repo, settings = env
-    job_id = submit(repo, settings, PRETRAIN)
+def start_long_run(repo: JobRepo, settings: Settings, job_id: str) -> tuple[threading.Thread, list[str]]:
+    """Claim the job and supervise a fake run of 1000 slow steps in a thread; the list gets
+    the supervisor's outcome when it returns."""
     attempt = repo.claim_job(job_id, "w")
     sup = FakeTrainerSupervisor(repo, settings, job_id, attempt, "w")
     sup.steps, sup.pause = 1000, 0.1
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(sup.run()))
     thread.start()
+    return thread, result
+
+
+def test_an_attempt_that_lost_its_job_stops_its_run_and_writes_nothing(env):
+    repo, settings = env
+    job_id = submit(repo, settings, PRETRAIN)
+    thread, result = start_long_run(repo, settings, job_id)
     try:
         wait_for(lambda: job_processes(job_id), 20, "the fake trainer")
         assert repo.requeue(job_id, "worker lost (test)") == "queued"  # what the reaper does
@@ -237,12 +244,7 @@ def test_an_attempt_that_lost_its_job_stops_its_run_and_writes_nothing(env):
 def test_cancel_stops_the_group_and_ends_cancelled(env):
     repo, settings = env
     job_id = submit(repo, settings, PRETRAIN)
-    attempt = repo.claim_job(job_id, "w")
-    sup = FakeTrainerSupervisor(repo, settings, job_id, attempt, "w")
-    sup.steps, sup.pause = 1000, 0.1
-    result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(sup.run()))
-    thread.start()
+    thread, result = start_long_run(repo, settings, job_id)
     try:
         wait_for(lambda: repo.metrics(job_id), 20, "metrics")
         started = time.monotonic()
