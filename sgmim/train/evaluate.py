@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from sgmim.metrics.segmentation import ConfusionMatrix
 from sgmim.models.downstream import DownstreamModel, HeadSpec
 from sgmim.train.checkpoint import atomic_write_json
 from sgmim.train.distributed import DistEnv
+from sgmim.train.metrics import MetricsWriter
 from sgmim.train.weights import FINETUNED, InitError, WeightsFile, job_id, read_weights, resolve_init_path
 
 log = logging.getLogger("sgmim.train")
@@ -158,8 +160,10 @@ def _all_reduce_sum(array: np.ndarray, env: DistEnv) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def evaluate(model: DownstreamModel, dataset, settings: EvalSettings, env: DistEnv) -> dict:
-    """Metrics of `model` on `dataset` (every rank takes part; all get the same result)."""
+def evaluate(model: DownstreamModel, dataset, settings: EvalSettings, env: DistEnv,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """Metrics of `model` on `dataset` (every rank takes part; all get the same result).
+    `progress(batches done, batches)` is called after each of this rank's batches."""
     model = model.to(env.device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, collate_fn=list,
                                          sampler=_Shard(len(dataset), env.rank, env.world_size),
@@ -167,7 +171,7 @@ def evaluate(model: DownstreamModel, dataset, settings: EvalSettings, env: DistE
     depth, seg = DepthMeter(), ConfusionMatrix(settings.num_classes or 1)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.on_gpu)
     started = time.perf_counter()
-    for items in loader:
+    for done, items in enumerate(loader, 1):
         for group in _groups(items):
             image = torch.stack([it["image"] for it in group]).to(env.device)
             with autocast:
@@ -183,6 +187,8 @@ def evaluate(model: DownstreamModel, dataset, settings: EvalSettings, env: DistE
                 labels = out.argmax(1).cpu().numpy()
                 for p, item in zip(labels, group, strict=True):
                     seg.add(p, item["label"].numpy())
+        if progress is not None:
+            progress(done, len(loader))
     result: dict = {"num_images": len(dataset), "seconds": round(time.perf_counter() - started, 3)}
     if settings.task == "depth":
         meter = DepthMeter.from_state(_all_reduce_sum(depth.state(), env))
@@ -253,6 +259,31 @@ def load_finetuned(path: Path) -> tuple[DownstreamModel, WeightsFile]:
     return model, found
 
 
+class EvalProgress:
+    """The `evaluate` job's progress in the trainer's files, so the service shows it like a
+    training run's: run_info.json gets the total (rank 0's batches) and metrics.jsonl a line
+    `{"step": batches done, "images_evaluated": n}` at most every `every_s` seconds and at the
+    end; the log says each tenth."""
+
+    def __init__(self, run_dir: Path, num_images: int, world_size: int, every_s: float = 1.0):
+        self.run_dir, self.num_images, self.world_size = run_dir, num_images, world_size
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=True)
+        self.every_s, self.last_write, self.total = every_s, 0.0, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.total is None:
+            self.total = total
+            atomic_write_json(self.run_dir / "run_info.json",
+                              {"total_steps": total, "world_size": self.world_size})
+        now = time.monotonic()
+        if done == total or now - self.last_write >= self.every_s:
+            self.last_write = now
+            # rank 0's share of its batches stands for the whole split's
+            self.metrics.write(done, None, images_evaluated=round(self.num_images * done / total))
+        if done == total or done * 10 // total > (done - 1) * 10 // total:
+            log.info("evaluated %d/%d batches", done, total)
+
+
 def run_evaluation(spec: EvaluateJob, run_dir: Path, env: DistEnv) -> dict:
     """The `evaluate` job: load the fine-tuned model, evaluate a split, write eval.json."""
     from sgmim.data import build_downstream_dataset
@@ -276,7 +307,8 @@ def run_evaluation(spec: EvaluateJob, run_dir: Path, env: DistEnv) -> dict:
     settings = EvalSettings.make(cfg.eval, model, data.dataset, cfg.split, data.num_workers)
     log.info("evaluating %s (%s, %s head) on %s/%s: %d images, %d process(es)", path, model.spec.task,
              model.spec.kind, data.dataset, cfg.split, len(dataset), env.world_size)
-    result = evaluate(model, dataset, settings, env)
+    progress = EvalProgress(run_dir, len(dataset), env.world_size) if env.is_main else None
+    result = evaluate(model, dataset, settings, env, progress)
     step = int(meta["step"]) if meta.get("step", "").isdigit() else None
     record = eval_record(result, settings, chain, step, class_names(data.dataset))
     if env.is_main:

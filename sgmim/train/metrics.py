@@ -17,10 +17,12 @@ class MetricsWriter:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 
-    def write(self, step: int, epoch: float, **fields: float) -> None:
+    def write(self, step: int, epoch: float | None, **fields: float) -> None:
+        """`epoch` None: work without epochs (an evaluation)."""
         if not self.enabled:
             return
-        record = {"step": step, "epoch": round(epoch, 4), **fields, "time": time.time()}
+        record = {"step": step, "epoch": None if epoch is None else round(epoch, 4), **fields,
+                  "time": time.time()}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

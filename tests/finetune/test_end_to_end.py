@@ -92,6 +92,12 @@ def test_worker_style_parent_two_processes_and_evaluate(pretrained, tmp_path):
     assert set(record) >= EVAL_FIELDS
     assert record["parent_chain"] == ["pre-1", "ft-2"] and record["job_id"] == "ev-1"
     assert record["num_images"] == 64 and record["step"] == 2 and record["dataset"] == "synthetic"
+    # progress in the trainer's files, as the worker reads them: 64 images in batches of 32
+    assert json.loads((ev_run / "run_info.json").read_text())["total_steps"] == 2
+    progress = [json.loads(x) for x in (ev_run / "metrics.jsonl").read_text().splitlines()]
+    assert progress[-1]["step"] == 2 and progress[-1]["images_evaluated"] == 64
+    assert progress[-1]["epoch"] is None
+    assert "evaluated 2/2 batches" in (ev_run / "train.log").read_text()
     for name in DEPTH_METRICS:   # 2 ranks' shares summed = one process over everything
         assert record["metrics"][name] == pytest.approx(trained["metrics"][name], rel=1e-4)
 

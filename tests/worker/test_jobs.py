@@ -225,3 +225,6 @@ def test_lineage_pretrain_finetune_evaluate(stack: Stack):
     assert spec["config"]["init_path"] == str(model)
     r = stack.client.get(f"{JOBS}/{evaluate}/evaluation")
     assert r.status_code == 200 and r.json()["metrics"].keys() == evaluation["metrics"].keys()
+    progress = job["progress"]   # the evaluation's batches, as a training run's steps
+    assert progress["total_steps"] >= 1 and progress["step"] == progress["total_steps"]
+    assert job["last_metrics"]["images_evaluated"] == r.json()["num_images"]
