@@ -133,7 +133,11 @@ def follow(api: Api, job_id: str) -> int:
                     if not data.get("final"):
                         bar.console.print(f"status: {data['status']}"
                                           + (f" (attempt {data['attempt']})" if data.get("attempt") else ""))
-        job = api.get(f"/jobs/{job_id}")
+            job = api.get(f"/jobs/{job_id}")
+            # the total may reach the server only with the outcome (a run shorter than a heartbeat)
+            done = job.get("progress") or {}
+            if done.get("step") is not None:
+                bar.update(task, total=done.get("total_steps") or total, completed=done["step"])
     final = job["status"] if job["status"] in TERMINAL else final
     style = {"succeeded": "green", "failed": "red"}.get(final, "yellow")
     console.print(f"job {job_id} [{style}]{final}[/{style}]")

@@ -20,9 +20,10 @@ JOB_ID = re.compile(r"submitted job (\S+)")
 
 @pytest.fixture(scope="module")
 def finished_job(server):
-    done = cli("submit", TINY, *SHORT, "--watch", env=server["env"])
+    done = cli("submit", TINY, *SHORT, "--watch", env={**server["env"], "COLUMNS": "200"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout
+    assert "6/6" in done.stdout, "the bar ends with the run's total, however short the run"
     return JOB_ID.search(done.stdout).group(1)
 
 
