@@ -100,12 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid job spec {args.spec}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     code = run(spec, args.run_dir)
-    _shutdown()
+    _shutdown(succeeded=code == EXIT_OK)
     return code
 
 
-def _shutdown() -> None:
+def _shutdown(succeeded: bool) -> None:
+    """Leave the process group. After a success every rank meets the others first: a rank
+    that tore down its gloo pairs while a peer was still finishing (rank 0 writes the export
+    and eval.json alone) now and then died at exit with SIGABRT ("terminate called without an
+    active exception"). After a failure the peers may never arrive, so no waiting then."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if succeeded:
+            dist.barrier()
         dist.destroy_process_group()
