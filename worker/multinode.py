@@ -33,13 +33,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sgmim import rundir
 from sgmim.train.launch import Launch, command, free_port
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0"})
 # Environment passed to a remote node's launcher (on top of REMOTE_KEYS): communication and
 # threading knobs that must match across nodes.
 REMOTE_ENV_PREFIXES = ("NCCL_", "GLOO_", "TORCH_", "OMP_", "DS_", "CUDA_")
-REMOTE_KEYS = ("PYTHONUNBUFFERED", "SGMIM_JOB_ID", "SGMIM_ATTEMPT", "SGMIM_LOG_TO_STDOUT", "PYTHONPATH")
+REMOTE_KEYS = ("PYTHONUNBUFFERED", "PYTHONPATH",
+               rundir.ENV_JOB_ID, rundir.ENV_ATTEMPT, rundir.ENV_LOG_TO_STDOUT)
 
 
 class PlanError(ValueError):

@@ -17,6 +17,8 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 
+from sgmim import rundir
+
 
 def signal_group(proc: subprocess.Popen, sig: int) -> None:
     """Send `sig` to the process group the launcher leads (also after the leader exited: the
@@ -50,9 +52,9 @@ def run_processes(job_id: str, attempt: int | None = None, exclude: Iterable[int
         if not name.isdigit() or int(name) in skip:
             continue
         env = environ_of(int(name))
-        if not env or env.get(b"SGMIM_JOB_ID") != want_job:
+        if not env or env.get(rundir.ENV_JOB_ID.encode()) != want_job:
             continue
-        if want_attempt is not None and env.get(b"SGMIM_ATTEMPT") != want_attempt:
+        if want_attempt is not None and env.get(rundir.ENV_ATTEMPT.encode()) != want_attempt:
             continue
         if _is_zombie(int(name)):
             continue

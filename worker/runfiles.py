@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgmim import rundir
+from sgmim.rundir import TAG_PATTERN
+
 log = logging.getLogger("worker.supervisor")
 
-TAG_PATTERN = re.compile(r"^global_step(\d+)$")  # sgmim.train.checkpoint.TAG_PATTERN (which imports torch)
 METRIC_NAME = re.compile(r"^[^\x00-\x1f]{1,128}$")
 NOT_METRICS = frozenset({"step", "epoch", "time"})
-STATE_FILE = ".worker-state.json"
 
 
 class LineTail:
@@ -157,7 +158,7 @@ def scan_checkpoints(ckpt_dir: Path) -> CheckpointScan:
             steps[name] = int(m.group(1))
     scan.present = set(steps)
     try:
-        latest = (ckpt_dir / "latest").read_text().strip()
+        latest = (ckpt_dir / rundir.LATEST).read_text().strip()
     except OSError:
         return scan
     m = TAG_PATTERN.match(latest)

@@ -50,12 +50,13 @@ from typing import Any, TypeVar
 
 from service.db.repo import InvalidTransition, JobNotFound, JobRepo
 from service.settings import Settings
+from sgmim import rundir
 from sgmim.config import AnyJob, SpecError, parse_spec
+from sgmim.rundir import exit_meaning
 from sgmim.train.launch import die_with_parent, environment, gpu_count
 from worker import procs
 from worker.multinode import NodeLaunch, PlanError, local_threads, plan_nodes, read_hostfile
 from worker.runfiles import (
-    STATE_FILE,
     LineTail,
     last_lines,
     metric_points,
@@ -74,14 +75,13 @@ CANCEL_POLL_S = 1.0
 CHECKPOINT_POLL_S = 2.0
 BATCH = 2000  # rows per append
 ERROR_LOG_LINES = 20
-EXIT_MEANINGS = {1: "training error", 2: "bad spec or input", 3: "non-finite loss or gradient"}
 EXPORTS = (  # (checkpoint name, kind, path in the run dir)
-    ("encoder", "encoder", "export/encoder.safetensors"),  # pretraining
-    ("model", "model", "export/model.safetensors"),  # fine-tuning: encoder + head
+    ("encoder", "encoder", rundir.ENCODER_EXPORT),  # pretraining
+    ("model", "model", rundir.MODEL_EXPORT),  # fine-tuning: encoder + head
 )
 PARENT_ARTIFACT = {
-    "finetune": ("export/encoder.safetensors", "exported encoder"),
-    "evaluate": ("export/model.safetensors", "exported model"),
+    "finetune": (rundir.ENCODER_EXPORT, "exported encoder"),
+    "evaluate": (rundir.MODEL_EXPORT, "exported model"),
 }
 
 
@@ -103,7 +103,7 @@ def describe_exit(code: int) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"trainer was killed by {name}"
-    return f"trainer exited with code {code} ({EXIT_MEANINGS.get(code, 'error')})"
+    return f"trainer exited with code {code} ({exit_meaning(code)})"
 
 
 def service_setting_names() -> frozenset[str]:
@@ -124,7 +124,7 @@ class Supervisor:
         self.repo, self.settings = repo, settings
         self.job_id, self.attempt, self.worker_name = job_id, attempt, worker_name
         self.run_dir = settings.run_dir(job_id)
-        self.log_path = self.run_dir / "train.log"
+        self.log_path = self.run_dir / rundir.TRAIN_LOG
         self.procs: list[subprocess.Popen] = []
         self.nodes: list[NodeLaunch] = []
         self.step: int | None = None
@@ -151,14 +151,14 @@ class Supervisor:
 
     def _run(self) -> str:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = read_json(self.run_dir / STATE_FILE) or {}
-        self.metrics_tail = LineTail(self.run_dir / "metrics.jsonl", int(state.get("metrics_offset", 0)))
+        state = read_json(self.run_dir / rundir.WORKER_STATE) or {}
+        self.metrics_tail = LineTail(self.run_dir / rundir.METRICS, int(state.get("metrics_offset", 0)))
         self.log_tail = LineTail(self.log_path, int(state.get("log_offset", 0)))
         self.recorded = {c.name for c in self.repo.checkpoints(self.job_id) if c.kind == "deepspeed"}
         try:
             job = self.repo.get(self.job_id)
             spec = self.resolve_spec(job.spec)
-            spec_path = self.run_dir / "spec.json"
+            spec_path = self.run_dir / rundir.SPEC
             write_json_atomic(spec_path, spec.model_dump(mode="json"))
             self.nodes = self.plan(spec, spec_path)
         except (LaunchError, PlanError) as exc:
@@ -226,9 +226,8 @@ class Supervisor:
         hidden = service_setting_names()
         env = {k: v for k, v in os.environ.items() if k not in hidden}
         env.update(
-            SGMIM_JOB_ID=self.job_id,
-            SGMIM_ATTEMPT=str(self.attempt),
-            SGMIM_LOG_TO_STDOUT="0",
+            {rundir.ENV_JOB_ID: self.job_id, rundir.ENV_ATTEMPT: str(self.attempt),
+             rundir.ENV_LOG_TO_STDOUT: "0"},
             PYTHONUNBUFFERED="1",
         )
         local_nodes = sum(node.local for node in self.nodes)
@@ -316,7 +315,7 @@ class Supervisor:
             if not final or not moved:
                 break
         if self.total_steps is None:
-            info = read_json(self.run_dir / "run_info.json")
+            info = read_json(self.run_dir / rundir.RUN_INFO)
             if isinstance(info, dict) and isinstance(info.get("total_steps"), int):
                 self.total_steps = info["total_steps"]
 
@@ -357,7 +356,7 @@ class Supervisor:
     def _save_state(self) -> None:
         with contextlib.suppress(OSError):
             write_json_atomic(
-                self.run_dir / STATE_FILE,
+                self.run_dir / rundir.WORKER_STATE,
                 {
                     "metrics_offset": self.metrics_tail.offset,
                     "log_offset": self.log_tail.offset,
@@ -367,10 +366,10 @@ class Supervisor:
 
     def sync_checkpoints(self) -> None:
         """Record complete DeepSpeed tags; forget recorded ones the trainer pruned."""
-        scan = scan_checkpoints(self.run_dir / "checkpoints")
+        scan = scan_checkpoints(self.run_dir / rundir.CHECKPOINTS)
         for name, step in sorted(scan.complete.items(), key=lambda item: item[1]):
             if name not in self.recorded:
-                size = tree_size(self.run_dir / "checkpoints" / name)
+                size = tree_size(self.run_dir / rundir.CHECKPOINTS / name)
                 self.repo.record_checkpoint(self.job_id, name, "deepspeed", step, size, f"checkpoints/{name}")
                 self.recorded.add(name)
         for name in sorted(self.recorded - scan.present):
@@ -452,10 +451,10 @@ class Supervisor:
             path = self.run_dir / rel
             if path.is_file():
                 self.repo.record_checkpoint(self.job_id, name, kind, step, path.stat().st_size, rel)
-        evaluation = read_json(self.run_dir / "eval.json")
+        evaluation = read_json(self.run_dir / rundir.EVAL)
         if isinstance(evaluation, dict):
             self.repo.set_evaluation(self.job_id, evaluation)
-        elif (self.run_dir / "eval.json").exists():
+        elif (self.run_dir / rundir.EVAL).exists():
             self._log_line("eval.json is not a JSON object: not recorded")
 
     def _finish(self, status: str, error: str | None) -> str:

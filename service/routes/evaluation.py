@@ -12,6 +12,7 @@ from service import artifacts
 from service.db.repo import json_safe
 from service.deps import RepoDep, SettingsDep
 from service.routes.common import AUTH, NOT_FOUND, JobIdDep
+from sgmim import rundir
 
 router = APIRouter(prefix="/jobs", tags=["evaluation"], responses=AUTH)
 
@@ -25,7 +26,7 @@ def get_evaluation(job_id: JobIdDep, repo: RepoDep, settings: SettingsDep) -> An
     recorded = repo.evaluation(job_id)
     if recorded is not None:
         return recorded
-    path = artifacts.resolve_in_run_dir(settings.run_dir(job_id), "eval.json")
+    path = artifacts.resolve_in_run_dir(settings.run_dir(job_id), rundir.EVAL)
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from sgmim import rundir
+
 
 def train(
     spec: Path = typer.Argument(..., help="job spec (YAML)", exists=False),
@@ -26,9 +28,9 @@ def train(
         raise typer.Exit(2) from None
     run_dir = run_dir or Path("runs") / job.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = run_dir / "spec.json"
+    resolved = run_dir / rundir.SPEC
     atomic_write_text(resolved, job.model_dump_json(indent=2))
-    if (run_dir / "checkpoints" / "latest").exists():
+    if (run_dir / rundir.CHECKPOINTS / rundir.LATEST).exists():
         typer.echo(f"resuming from the latest checkpoint in {run_dir / 'checkpoints'}")
     launch = Launch(nproc_per_node=nproc)
     code = subprocess.call(command(resolved, run_dir, launch), env=environment(launch),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,23 +14,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from sgmim.rundir import LATEST, TAG_PATTERN
+
 log = logging.getLogger("sgmim.train")
-
-TAG_PATTERN = re.compile(r"^global_step(\d+)$")
-
 
 class ResumeError(RuntimeError):
     pass
 
 
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
-
-
 def latest_tag(ckpt_dir: Path) -> str | None:
     """The tag DeepSpeed's `latest` file names. DeepSpeed writes it after every rank finished
     writing the tag folder, so a run killed mid-save still points at the previous, whole one."""
-    latest = ckpt_dir / "latest"
+    latest = ckpt_dir / LATEST
     if not latest.is_file():
         return None
     tag = latest.read_text().strip()

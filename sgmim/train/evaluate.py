@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sgmim import rundir
 from sgmim.config import EvalOptions, EvaluateJob, parse_spec
 from sgmim.metrics import DepthMeter, depth_metrics
 from sgmim.metrics.depth import kitti_kb_frame
@@ -267,13 +268,13 @@ class EvalProgress:
 
     def __init__(self, run_dir: Path, num_images: int, world_size: int, every_s: float = 1.0):
         self.run_dir, self.num_images, self.world_size = run_dir, num_images, world_size
-        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=True)
+        self.metrics = MetricsWriter(run_dir / rundir.METRICS, enabled=True)
         self.every_s, self.last_write, self.total = every_s, 0.0, None
 
     def __call__(self, done: int, total: int) -> None:
         if self.total is None:
             self.total = total
-            atomic_write_json(self.run_dir / "run_info.json",
+            atomic_write_json(self.run_dir / rundir.RUN_INFO,
                               {"total_steps": total, "world_size": self.world_size})
         now = time.monotonic()
         if done == total or now - self.last_write >= self.every_s:
@@ -312,7 +313,7 @@ def run_evaluation(spec: EvaluateJob, run_dir: Path, env: DistEnv) -> dict:
     step = int(meta["step"]) if meta.get("step", "").isdigit() else None
     record = eval_record(result, settings, chain, step, class_names(data.dataset))
     if env.is_main:
-        atomic_write_json(run_dir / "eval.json", record)
+        atomic_write_json(run_dir / rundir.EVAL, record)
         log.info("eval: %s", " ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if v is not None))
     barrier()
     return record

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sgmim import rundir
 from sgmim.config import FinetuneJob
 from sgmim.data import DATASET_INFO, IGNORE_INDEX, build_downstream_dataset
 from sgmim.models.downstream import DEFAULT_CHANNELS, DownstreamModel, HeadSpec
@@ -199,7 +200,7 @@ class FinetuneTask:
             **lineage_metadata(self.parent_chain),
         }
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-        write_safetensors(run_dir / "export" / "model.safetensors", tensors, metadata)
+        write_safetensors(run_dir / rundir.MODEL_EXPORT, tensors, metadata)
 
     def after_training(self, engine, run_dir: Path) -> None:
         from sgmim.train.metrics import MetricsWriter
@@ -208,10 +209,10 @@ class FinetuneTask:
         step = self.final_step if self.final_step is not None else int(engine.global_steps)
         if not self.env.is_main:
             return
-        MetricsWriter(run_dir / "metrics.jsonl", enabled=True).write(
+        MetricsWriter(run_dir / rundir.METRICS, enabled=True).write(
             step, step / self._steps_per_epoch(), **curve_fields(result, self.config.task))
         record = eval_record(result, settings, self.parent_chain, step, class_names(self.config.data.dataset))
-        atomic_write_json(run_dir / "eval.json", record)
+        atomic_write_json(run_dir / rundir.EVAL, record)
         log.info("validation after training: %s",
                  " ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if v is not None))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from sgmim import rundir
 from sgmim.config import PretrainJob
 from sgmim.data import build_pretrain_dataset
 from sgmim.models import SGMIM
@@ -54,10 +55,10 @@ class PretrainTask:
             "sgmim_spec": self.spec.model_dump_json(),
             "step": str(step),
             "kind": "encoder",                                     # what a finetune job starts from
-            "job_id": os.environ.get("SGMIM_JOB_ID", ""),          # set by the supervisor
+            "job_id": os.environ.get(rundir.ENV_JOB_ID, ""),          # set by the supervisor
             "parent_chain": "[]",                                  # pretraining has no parent
         }
-        write_safetensors(run_dir / "export" / "encoder.safetensors", encoder, metadata)
+        write_safetensors(run_dir / rundir.ENCODER_EXPORT, encoder, metadata)
 
     def after_training(self, engine, run_dir: Path) -> None:
         pass

@@ -1,7 +1,6 @@
 """The per-rank entry point (`python -m sgmim.train SPEC --run-dir DIR`): what every launcher runs.
 
-Exit codes: 0 done, 2 bad spec or input, 3 non-finite loss, 1 anything else. The reason is the
-last line of `train.log`.
+Exit codes: `sgmim.rundir.TrainerExit`. The reason is the last line of `train.log`.
 """
 
 from __future__ import annotations
@@ -12,24 +11,25 @@ import os
 import sys
 from pathlib import Path
 
+from sgmim import rundir
 from sgmim.config import AnyJob, SpecError, load_spec
+from sgmim.rundir import TrainerExit
 from sgmim.train.checkpoint import atomic_write_text
 from sgmim.train.distributed import DistEnv, init_distributed, read_env
 from sgmim.train.launch import die_with_parent
 
 log = logging.getLogger("sgmim.train")
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 1, 2, 3
 
 
 def setup_logging(run_dir: Path, env: DistEnv) -> None:
     """Every rank appends to `train.log` (one line per record, so ranks interleave by line);
-    rank 0 also prints to stdout unless SGMIM_LOG_TO_STDOUT=0 (the worker's supervisor sends
+    rank 0 also prints to stdout unless `rundir.ENV_LOG_TO_STDOUT` is 0 (the worker's supervisor sends
     the launcher's stdout into train.log itself, and would get every line twice)."""
     fmt = logging.Formatter(f"%(asctime)s [rank {env.rank}] %(levelname)s %(message)s",
                             "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log")]
-    if env.is_main and os.environ.get("SGMIM_LOG_TO_STDOUT", "1") != "0":
+    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / rundir.TRAIN_LOG)]
+    if env.is_main and os.environ.get(rundir.ENV_LOG_TO_STDOUT, "1") != "0":
         handlers.append(logging.StreamHandler(sys.stdout))
     root = logging.getLogger("sgmim")  # the trainer's and the data layer's records
     root.handlers.clear()
@@ -52,7 +52,7 @@ def make_task(spec: AnyJob, env: DistEnv):
     raise ValueError(f"job kind {spec.kind!r} does not train")
 
 
-def run(spec: AnyJob, run_dir: Path) -> int:
+def run(spec: AnyJob, run_dir: Path) -> TrainerExit:
     from sgmim.data import DataError
     from sgmim.train.checkpoint import ResumeError
     from sgmim.train.ds_config import PrecisionError
@@ -61,14 +61,14 @@ def run(spec: AnyJob, run_dir: Path) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = read_env()
     setup_logging(run_dir, env)
-    if env.is_main and not (run_dir / "spec.json").exists():
-        atomic_write_text(run_dir / "spec.json", spec.model_dump_json(indent=2))
+    if env.is_main and not (run_dir / rundir.SPEC).exists():
+        atomic_write_text(run_dir / rundir.SPEC, spec.model_dump_json(indent=2))
     try:
         if spec.kind == "evaluate":
             from sgmim.train.evaluate import run_evaluation
 
             run_evaluation(spec, run_dir, env)
-            return EXIT_OK
+            return TrainerExit.OK
         init_distributed(env)
         log.info("%s job %r on %s, %d process(es)", spec.kind, spec.name, env.device, env.world_size)
         trainer = Trainer(make_task(spec, env), env, run_dir)
@@ -76,15 +76,15 @@ def run(spec: AnyJob, run_dir: Path) -> int:
         trainer.fit()
     except NonFiniteLoss as exc:
         log.error("%s", exc)
-        return EXIT_NONFINITE
+        return TrainerExit.NONFINITE
     except (DataTooSmall, DataError, PrecisionError, ResumeError, SpecError, FileNotFoundError) as exc:
         log.error("%s", exc)
-        return EXIT_BAD_INPUT
+        return TrainerExit.BAD_INPUT
     except Exception:
         log.exception("training failed")
-        return EXIT_ERROR
+        return TrainerExit.ERROR
     log.info("done")
-    return EXIT_OK
+    return TrainerExit.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
     except SpecError as exc:
         print(f"invalid job spec {args.spec}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return TrainerExit.BAD_INPUT
     code = run(spec, args.run_dir)
-    _shutdown(succeeded=code == EXIT_OK)
+    _shutdown(succeeded=code == TrainerExit.OK)
     return code
 
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from sgmim import rundir
+from sgmim.rundir import tag_for
 from sgmim.train.checkpoint import (
     atomic_write_json,
     consolidated_state_dict,
     latest_tag,
     prune,
     saved_world_size,
-    tag_for,
     to_universal,
 )
 from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
@@ -76,8 +77,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 class Trainer:
     def __init__(self, task: TrainTask, env: DistEnv, run_dir: Path):
         self.task, self.env, self.run_dir = task, env, run_dir
-        self.ckpt_dir = run_dir / "checkpoints"
-        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
+        self.ckpt_dir = run_dir / rundir.CHECKPOINTS
+        self.metrics = MetricsWriter(run_dir / rundir.METRICS, enabled=env.is_main)
 
     def setup(self) -> None:
         import deepspeed
@@ -96,7 +97,7 @@ class Trainer:
         ds_config = build_ds_config(task.deepspeed, task.schedule, task.optim.clip_grad, env,
                                     load_universal=universal)
         if env.is_main:
-            atomic_write_json(self.run_dir / "ds_config.json", ds_config)
+            atomic_write_json(self.run_dir / rundir.DS_CONFIG, ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
         if task.deepspeed.compile:
@@ -113,7 +114,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(self.dataset), env.rank, env.world_size,
                                         task.schedule.seed)
         if env.is_main:
-            atomic_write_json(self.run_dir / "run_info.json", {
+            atomic_write_json(self.run_dir / rundir.RUN_INFO, {
                 "total_steps": self.plan.total_steps, "steps_per_epoch": self.plan.steps_per_epoch,
                 "total_batch": self.plan.total_batch, "world_size": env.world_size,
                 "dataset_size": len(self.dataset), "peak_lr": self.lr.peak_lr,
@@ -229,7 +230,7 @@ class Trainer:
             state = consolidated_state_dict(self.engine, self.ckpt_dir, tag_for(step))
         if self.env.is_main:
             self.task.export(state, self.run_dir, step)
-            log.info("exported to %s", self.run_dir / "export")
+            log.info("exported to %s", self.run_dir / rundir.EXPORT_DIR)
         barrier()
         self.task.after_training(self.engine, self.run_dir)
 

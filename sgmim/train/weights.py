@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sgmim import rundir
 from sgmim.config import SpecError
 
 ENCODER, FINETUNED = "encoder", "finetuned"
@@ -36,7 +37,7 @@ class InitError(SpecError):
 
 def job_id() -> str:
     """This run's job id as the supervisor sets it (empty when run standalone)."""
-    return os.environ.get("SGMIM_JOB_ID", "")
+    return os.environ.get(rundir.ENV_JOB_ID, "")
 
 
 def lineage_metadata(parent_chain: list[str]) -> dict[str, str]:
@@ -130,7 +131,7 @@ def _read_checkpoint_dir(path: Path) -> WeightsFile:
     if not (any(path.glob("*model_states.pt")) or any(path.glob("*optim_states.pt"))):
         raise InitError(f"init path {path} is a folder but not a DeepSpeed checkpoint tag "
                         "(no *_model_states.pt)")
-    spec_path = path.parent.parent / "spec.json"
+    spec_path = path.parent.parent / rundir.SPEC
     try:
         job = parse_spec(json.loads(spec_path.read_text()))
     except (OSError, json.JSONDecodeError, SpecError) as exc:
