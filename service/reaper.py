@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from service.broker import Broker
 from service.db.repo import InvalidTransition, JobRepo
 from service.settings import Settings
+from sgmim.status import JobStatus
 
 log = logging.getLogger("service.reaper")
 
@@ -34,9 +35,9 @@ def reap_once(repo: JobRepo, broker: Broker, settings: Settings) -> ReapReport:
             )
         except InvalidTransition:
             continue  # it moved on meanwhile
-        {"queued": report.requeued, "failed": report.failed, "cancelled": report.cancelled}[outcome].append(
-            stale.id
-        )
+        outcomes = {JobStatus.QUEUED: report.requeued, JobStatus.FAILED: report.failed,
+                    JobStatus.CANCELLED: report.cancelled}
+        outcomes[outcome].append(stale.id)
         log.warning(
             "job %s (attempt %d on %s): heartbeat stale, now %s",
             stale.id,

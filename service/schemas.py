@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.db.models import Checkpoint, Job, LogLine
 from service.db.repo import finite_or_none
+from sgmim.status import JobStatus
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 JobKind = Literal["pretrain", "finetune", "evaluate"]
 
 

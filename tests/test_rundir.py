@@ -33,7 +33,7 @@ def test_the_trainer_and_supervisor_share_the_codes():
 
 def test_the_contract_imports_no_torch():
     """The supervisor reads the run directory from the Celery process, which must never
-    initialise CUDA: the contract module must not pull torch in."""
-    code = "import sys, sgmim.rundir; print('torch' in sys.modules)"
+    initialise CUDA: the contract module (and the status vocabulary) must not pull torch in."""
+    code = "import sys, sgmim.rundir, sgmim.status; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -53,6 +53,7 @@ from service.settings import Settings
 from sgmim import rundir
 from sgmim.config import AnyJob, SpecError, parse_spec
 from sgmim.rundir import exit_meaning
+from sgmim.status import JobStatus
 from sgmim.train.launch import die_with_parent, environment, gpu_count
 from worker import procs
 from worker.multinode import NodeLaunch, PlanError, local_threads, plan_nodes, read_hostfile
@@ -147,7 +148,7 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self._log_line(f"worker error: {type(exc).__name__}: {exc}")
                 self._pump(final=True)
-            return self._finish("failed", f"worker error: {type(exc).__name__}: {exc}")
+            return self._finish(JobStatus.FAILED, f"worker error: {type(exc).__name__}: {exc}")
 
     def _run(self) -> str:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ class Supervisor:
         except (LaunchError, PlanError) as exc:
             self._log_line(f"attempt {self.attempt} on {self.worker_name} cannot start: {exc}")
             self._pump(final=True)
-            return self._finish("failed", str(exc))
+            return self._finish(JobStatus.FAILED, str(exc))
         self._launch(spec)
         return self._monitor()
 
@@ -299,7 +300,7 @@ class Supervisor:
                 status = self._db(self.repo.heartbeat, self.job_id, self.attempt, self.progress())
                 if status is None:
                     return self._lost()
-                if status == "cancelling":
+                if status == JobStatus.CANCELLING:
                     return self._cancel()
             time.sleep(TICK_S)
 
@@ -398,7 +399,7 @@ class Supervisor:
         self._log_line("run stopped: cancelled")
         self._pump(final=True)
         self._db(self.sync_checkpoints)
-        return self._finish("cancelled", None)
+        return self._finish(JobStatus.CANCELLED, None)
 
     def _lost(self) -> str:
         log.warning(
@@ -435,14 +436,14 @@ class Supervisor:
             self._db(self.record_results)
             self._log_line("run finished")
             self._pump(final=True)
-            return self._finish("succeeded", None)
+            return self._finish(JobStatus.SUCCEEDED, None)
         tail = last_lines(self.log_path, ERROR_LOG_LINES)
         reason = describe_exit(code)
         self._log_line(reason)
         self._pump(final=True)
         self._db(self.sync_checkpoints)
         error = reason + (":\n" + "\n".join(tail) if tail else "")
-        return self._finish("failed", error)
+        return self._finish(JobStatus.FAILED, error)
 
     def record_results(self) -> None:
         """The export(s) as checkpoints and eval.json as the job's evaluation."""
@@ -457,7 +458,7 @@ class Supervisor:
         elif (self.run_dir / rundir.EVAL).exists():
             self._log_line("eval.json is not a JSON object: not recorded")
 
-    def _finish(self, status: str, error: str | None) -> str:
+    def _finish(self, status: JobStatus, error: str | None) -> str:
         """Record the outcome (a few tries: a database hiccup must not lose it). "lost" when
         this attempt no longer owns the job."""
         for delay in (0.5, 1, 2, 4, 8, 0):

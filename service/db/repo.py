@@ -1,6 +1,6 @@
 """Database operations on jobs: what the API and the worker call.
 
-Every status change goes through `_transition`, which checks `ALLOWED` and appends a status
+Every status change goes through `_transition`, which checks `sgmim.status.TRANSITIONS` and appends a status
 event in the same transaction; an illegal change raises `InvalidTransition` (the API's 409).
 Sequence numbers (`jobs.last_seq`) are allocated inside the writing transaction while the job
 row is locked, so one job's transactions commit in sequence order (see models.py).
@@ -54,22 +54,7 @@ from service.db.models import (
     utcnow,
 )
 from service.db.session import Database
-
-STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE = frozenset({"running", "cancelling"})
-
-# from -> allowed targets
-ALLOWED: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled"}),
-    # running -> queued: the reaper requeues a job whose worker vanished
-    "running": frozenset({"succeeded", "failed", "cancelling", "queued"}),
-    # a run that ends on its own right when a cancel lands keeps its real outcome
-    "cancelling": frozenset({"cancelled", "succeeded", "failed"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"queued"}),  # resume
-    "cancelled": frozenset({"queued"}),  # resume
-}
+from sgmim.status import ACTIVE, TERMINAL, TRANSITIONS, JobStatus
 
 CHECKPOINT_KINDS = ("deepspeed", "encoder", "model")  # model: a fine-tuning export (encoder + head)
 _CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9._-]{1,256}")  # global_step100, encoder, ...
@@ -270,9 +255,9 @@ class JobRepo:
     def _transition(
         self, s: Session, job: Job, target: str, *, action: str | None = None, **values: Any
     ) -> None:
-        """Check ALLOWED, update the row with `values` and append the status event (its error is
+        """Check TRANSITIONS, update the row with `values` and append the status event (its error is
         values["error"] when given)."""
-        if target not in ALLOWED.get(job.status, frozenset()):
+        if target not in TRANSITIONS.get(job.status, frozenset()):
             raise InvalidTransition(job.id, job.status, target, action)
         previous = job.status
         now = utcnow()
@@ -322,7 +307,7 @@ class JobRepo:
                     f"a {child_kind} job's parent must be a {required_kind} "
                     f"job; {parent_id} is a {parent.kind} job",
                 )
-            if parent.status != "succeeded":
+            if parent.status != JobStatus.SUCCEEDED:
                 raise ParentError(
                     "parent.job_id", f"parent job {parent_id} is {parent.status}; it must have succeeded"
                 )
@@ -376,7 +361,7 @@ class JobRepo:
                     kind=spec["kind"],
                     name=spec["name"],
                     spec=spec,
-                    status="queued",
+                    status=JobStatus.QUEUED,
                     parent_id=parent.get("job_id"),
                     parent_checkpoint=parent.get("checkpoint"),
                     priority=int(spec.get("priority", 5)),
@@ -393,7 +378,8 @@ class JobRepo:
                 s.execute(insert(Job).values(**values))
                 s.execute(
                     insert(StatusEvent).values(
-                        job_id=job_id, seq=1, time=now.timestamp(), status="queued", previous=None, attempt=0
+                        job_id=job_id, seq=1, time=now.timestamp(), status=JobStatus.QUEUED, previous=None,
+                        attempt=0,
                     )
                 )
                 if idempotency_key_hash is not None:
@@ -453,7 +439,8 @@ class JobRepo:
     def mark_unsent(self, job_id: str) -> None:
         """Sending the job's message failed: let the reaper send it."""
         with self.db.write() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))
+            queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
+            s.execute(update(Job).where(queued).values(enqueued_at=None))
 
     def _get(self, s: Session, job_id: str) -> Job:
         job = s.get(Job, job_id, populate_existing=True)
@@ -495,26 +482,26 @@ class JobRepo:
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
             now = utcnow()
-            if job.status == "queued":
+            if job.status == JobStatus.QUEUED:
                 self._transition(
-                    s, job, "cancelled", action="cancel", finished_at=now, cancel_requested_at=now
+                    s, job, JobStatus.CANCELLED, action="cancel", finished_at=now, cancel_requested_at=now
                 )
-            elif job.status == "running":
-                self._transition(s, job, "cancelling", action="cancel", cancel_requested_at=now)
-            elif job.status not in ("cancelling", "cancelled"):
-                raise InvalidTransition(job_id, job.status, "cancelled", "cancel")
+            elif job.status == JobStatus.RUNNING:
+                self._transition(s, job, JobStatus.CANCELLING, action="cancel", cancel_requested_at=now)
+            elif job.status not in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+                raise InvalidTransition(job_id, job.status, JobStatus.CANCELLED, "cancel")
             return self._get(s, job_id)
 
     def resume(self, job_id: str) -> Job:
         """failed/cancelled -> queued (the caller re-enqueues); anything else: InvalidTransition."""
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
-            if job.status not in ("failed", "cancelled"):
-                raise InvalidTransition(job_id, job.status, "queued", "resume")
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise InvalidTransition(job_id, job.status, JobStatus.QUEUED, "resume")
             self._transition(
                 s,
                 job,
-                "queued",
+                JobStatus.QUEUED,
                 action="resume",
                 error=None,
                 finished_at=None,
@@ -652,7 +639,7 @@ class JobRepo:
 
     def count_by_status(self) -> dict[str, int]:
         with self.db.read() as s:
-            counts = dict.fromkeys(STATUSES, 0)
+            counts = dict.fromkeys(JobStatus, 0)
             for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
                 counts[status] = int(n)
             return counts
@@ -663,7 +650,7 @@ class JobRepo:
             return {
                 q: int(n)
                 for q, n in s.execute(
-                    select(Job.queue, func.count()).where(Job.status == "queued").group_by(Job.queue)
+                    select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.queue)
                 )
             }
 
@@ -683,13 +670,13 @@ class JobRepo:
                 job = self._lock_job(s, job_id)
             except JobNotFound:
                 return None
-            if job.status != "queued":
+            if job.status != JobStatus.QUEUED:
                 return None
             attempt = job.attempt + 1
             self._transition(
                 s,
                 job,
-                "running",
+                JobStatus.RUNNING,
                 action="claim",
                 attempt=attempt,
                 worker=worker_name,
@@ -700,7 +687,8 @@ class JobRepo:
             )
             s.execute(
                 insert(Attempt).values(
-                    job_id=job_id, attempt=attempt, worker=worker_name, started_at=now, status="running"
+                    job_id=job_id, attempt=attempt, worker=worker_name, started_at=now,
+                    status=JobStatus.RUNNING,
                 )
             )
             return attempt
@@ -708,7 +696,7 @@ class JobRepo:
     def heartbeat(self, job_id: str, attempt: int, progress: dict[str, Any] | None = None) -> str | None:
         """Record liveness (and optional progress: step, total_steps, epoch) of this attempt.
 
-        Returns the job's status ("running" or "cancelling": stop the run) while this attempt
+        Returns the job's status (JobStatus.RUNNING or JobStatus.CANCELLING: stop the run) while this attempt
         owns the job, else None (the job was requeued or finished: stop without writing more)."""
         values: dict[str, Any] = {"heartbeat_at": utcnow(), **_progress_values(progress)}
         with self.db.write() as s:
@@ -861,7 +849,7 @@ class JobRepo:
             job = self._lock_job(s, job_id)
             if job.attempt != attempt or job.status not in ACTIVE:
                 return False
-            if status == "cancelled" and job.status == "running":
+            if status == JobStatus.CANCELLED and job.status == JobStatus.RUNNING:
                 raise InvalidTransition(job_id, job.status, status, "finish as cancelled")
             self._transition(s, job, status, error=error, finished_at=now, **_progress_values(progress))
             s.execute(
@@ -876,7 +864,7 @@ class JobRepo:
             status = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
             if status is None:
                 raise JobNotFound(job_id)
-            return status in ("cancelling", "cancelled")
+            return status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
     def find_stale_running(self, threshold_s: float) -> list[StaleJob]:
         """running/cancelling jobs whose heartbeat is older than threshold_s seconds."""
@@ -903,7 +891,8 @@ class JobRepo:
                 QueuedJob(r.id, r.queue, r.priority, r.enqueued_at)
                 for r in s.execute(
                     select(Job.id, Job.queue, Job.priority, Job.enqueued_at)
-                    .where(Job.status == "queued", (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff))
+                    .where(Job.status == JobStatus.QUEUED,
+                           (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff))
                     .order_by(Job.id)
                 )
             ]
@@ -915,27 +904,27 @@ class JobRepo:
         now = utcnow()
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
-            if job.status == "cancelling":
-                self._transition(s, job, "cancelled", action="requeue", finished_at=now)
-                target = "cancelled"
-            elif job.status == "running" and job.restarts < job.max_restarts:
+            if job.status == JobStatus.CANCELLING:
+                self._transition(s, job, JobStatus.CANCELLED, action="requeue", finished_at=now)
+                target = JobStatus.CANCELLED
+            elif job.status == JobStatus.RUNNING and job.restarts < job.max_restarts:
                 self._transition(
                     s,
                     job,
-                    "queued",
+                    JobStatus.QUEUED,
                     action="requeue",
                     error=reason,
                     restarts=job.restarts + 1,
                     enqueued_at=None,
                     worker=None,
                 )
-                target = "queued"
-            elif job.status == "running":
+                target = JobStatus.QUEUED
+            elif job.status == JobStatus.RUNNING:
                 msg = f"{reason}; max_restarts ({job.max_restarts}) exhausted"
-                self._transition(s, job, "failed", action="requeue", error=msg, finished_at=now)
-                target = "failed"
+                self._transition(s, job, JobStatus.FAILED, action="requeue", error=msg, finished_at=now)
+                target = JobStatus.FAILED
             else:
-                raise InvalidTransition(job_id, job.status, "queued", "requeue")
+                raise InvalidTransition(job_id, job.status, JobStatus.QUEUED, "requeue")
             s.execute(
                 update(Attempt)
                 .where(

@@ -19,10 +19,11 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.db.repo import TERMINAL, Event, JobRepo
+from service.db.repo import Event, JobRepo
 from service.deps import RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep
+from sgmim.status import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["events"], responses=AUTH)
 

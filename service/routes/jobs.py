@@ -18,9 +18,10 @@ from service.deps import BrokerDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
 from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, check_strings, decode_body
-from service.schemas import ConflictOut, ErrorOut, JobKind, JobList, JobOut, JobStatus, JobSummary
+from service.schemas import ConflictOut, ErrorOut, JobKind, JobList, JobOut, JobSummary
 from service.settings import Settings
 from sgmim.config import REQUIRED_PARENT_KIND, parse_spec
+from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
 

@@ -12,11 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sgmim.cli.client import Api, api_errors, fail, resolve_connection
+from sgmim.status import TERMINAL, WATCH_EXIT_CODES, JobStatus
 
 console = Console()
-TERMINAL = {"succeeded", "failed", "cancelled"}
-# `sgmim watch` / `submit --watch` exit with the job's final status.
-EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
 
 
 def connect(ctx: typer.Context) -> Api:
@@ -139,11 +137,12 @@ def follow(api: Api, job_id: str) -> int:
             if done.get("step") is not None:
                 bar.update(task, total=done.get("total_steps") or total, completed=done["step"])
     final = job["status"] if job["status"] in TERMINAL else final
-    style = {"succeeded": "green", "failed": "red"}.get(final, "yellow")
+    style = {JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red"}.get(final, "yellow")
     console.print(f"job {job_id} [{style}]{final}[/{style}]")
     if job.get("error"):
         console.print(f"[red]{job['error']}[/red]")
-    return EXIT_CODES.get(final, 1)
+    # `sgmim watch` / `submit --watch` exit with the job's final status.
+    return WATCH_EXIT_CODES.get(final, 1)
 
 
 def _speed(latest: dict) -> str:

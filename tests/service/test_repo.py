@@ -14,7 +14,6 @@ from alembic.runtime.migration import MigrationContext
 from service.db import migrate
 from service.db.models import Base
 from service.db.repo import (
-    ALLOWED,
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
@@ -97,9 +96,6 @@ def test_state_machine_rejects_illegal_changes(repo: JobRepo):
         assert exc.value.current == "succeeded"
     with pytest.raises(JobNotFound):
         repo.cancel("nope")
-    # every transition the table allows is reachable only from its source states
-    assert ALLOWED["succeeded"] == frozenset()
-    assert "running" not in ALLOWED["cancelled"]
 
 
 def test_cancel_running_then_finish_and_resume(repo: JobRepo):

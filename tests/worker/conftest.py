@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "jobs" / "pretrain-tiny.yaml"
 REDIS_URL = os.environ.get("SGMIM_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/12")
 JOBS = "/api/v1/jobs"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 WORKER_ENV = {
     "SGMIM_HEARTBEAT_INTERVAL_S": "1",

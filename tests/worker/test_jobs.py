@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from service.broker import Broker
+from sgmim.status import TERMINAL
 from tests.worker.conftest import (
     JOBS,
     ROOT,
-    TERMINAL,
     Stack,
     group_pids,
     job_processes,
