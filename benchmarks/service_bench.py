@@ -243,7 +243,7 @@ def bench_list_walk() -> dict[str, float]:
 
 def bench_ingest(repo: JobRepo, points: int, batch: int, writers: int) -> dict[str, float]:
     job_ids = [
-        repo.submit({**SPEC, "kind": "pretrain"}, queue="sgmim", run_dir_root="/runs").job.id
+        repo.submit({**SPEC, "kind": "pretrain"}, queue="sgmim").job.id
         for _ in range(writers)
     ]
     per_writer = points // writers

@@ -55,7 +55,7 @@ def check_api(timeout: float = 5.0) -> str | None:
 
 def check_worker(timeout: float = 10.0) -> str | None:
     """None when a Celery node named <anything>@<this hostname> answers a ping."""
-    from worker.celery_app import app
+    from service.queue import app
 
     hostname = socket.gethostname()
     try:

@@ -1,6 +1,8 @@
 """Sending wake-up messages and measuring queue depth.
 
-The API sends `sgmim.run_job(job_id)` by name (the message carries only the job id). Queue
+The API sends `sgmim.run_job(job_id)` by name (the message carries only the job id), always
+through `dispatch`: submit, resume and the reaper's resend order "send" and "mark sent" the
+same way. Queue
 depth comes from the broker: Redis `LLEN` of the queue and its priority sub-queues, or the
 filesystem transport's message files; when the broker cannot be asked, the caller falls back
 to counting queued jobs in the database (`/metrics` labels which source it used).
@@ -8,14 +10,14 @@ to counting queued jobs in the database (`/metrics` labels which source it used)
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery
 
-from service.settings import Settings
-from worker.celery_app import (
+from service.queue import (
     REDIS_SEP,
     TASK_NAME,
     filesystem_folders,
@@ -24,6 +26,12 @@ from worker.celery_app import (
     queue_for,
     transport_options,
 )
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.db.repo import JobRepo
+
+log = logging.getLogger("service.broker")
 
 
 def _is_redis(url: str) -> bool:
@@ -113,3 +121,29 @@ class Broker:
             self._redis.close()
         if self._celery is not None:
             self._celery.close()
+
+
+class QueuedJob(Protocol):
+    """What a wake-up message needs of a queued job (a `Job` row or a reaper's `QueuedJob`)."""
+
+    id: str
+    queue: str
+    priority: int
+
+
+def dispatch(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
+    """Send a queued job's wake-up message: mark it sent, send, and unmark it if the send fails.
+
+    Marked first, so that a reaper pass in between does not send a second message; a send that
+    fails leaves the row unsent (`enqueued_at` NULL) and the reaper's next pass sends it, so a
+    stored job is never stranded by a broker that was down. A process that dies between the
+    mark and the send leaves a mark older than `unclaimed_requeue_s`, which the reaper resends
+    too. A message that arrives twice only fails its second claim."""
+    repo.mark_enqueued(job.id)
+    try:
+        broker.enqueue(job.id, job.queue, job.priority)
+    except Exception as exc:
+        log.warning("job %s: its wake-up message was not sent (the reaper retries): %s", job.id, exc)
+        repo.mark_unsent(job.id)
+        return False
+    return True

@@ -11,7 +11,6 @@ It applies the migrations, refuses a non-loopback address unless a token is conf
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import signal
@@ -83,13 +82,7 @@ def run_server(
     host = host or settings.host
     port = settings.port if port is None else port
     prepare(settings, host)
-    worker = None
-    if with_worker:
-        if importlib.util.find_spec("worker.tasks") is None:
-            # Without the task module a worker would discard sgmim.run_job messages as unregistered.
-            log.warning("worker.tasks does not exist yet: not starting a local worker")
-        else:
-            worker = start_worker(settings)
+    worker = start_worker(settings) if with_worker else None
     try:
         # open SSE streams would otherwise hold a graceful shutdown until the jobs end
         uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)

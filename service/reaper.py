@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from service.broker import Broker
+from service.broker import Broker, dispatch
 from service.db.repo import InvalidTransition, JobRepo
 from service.settings import Settings
 from sgmim.status import JobStatus
@@ -46,11 +46,6 @@ def reap_once(repo: JobRepo, broker: Broker, settings: Settings) -> ReapReport:
             outcome,
         )
     for job in repo.find_unclaimed_queued(settings.unclaimed_requeue_s):
-        try:
-            broker.enqueue(job.id, job.queue, job.priority)
-        except Exception as exc:
-            log.warning("job %s: could not send its message: %s", job.id, exc)
-            continue
-        repo.mark_enqueued(job.id)
-        report.resent.append(job.id)
+        if dispatch(repo, broker, job):
+            report.resent.append(job.id)
     return report

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
 
     from service.db import open_repo
-    from worker.celery_app import make_celery
+    from service.queue import make_celery
 
     open_repo(settings).db.dispose()  # migrate once, before the pool forks
     app = make_celery(settings)

@@ -7,7 +7,7 @@ while queued (so a cancelled queued job never starts). Then the task logs that a
 Otherwise the job supervisor runs the attempt to its end inside the task. The task never raises
 for a job's failure: the outcome lives in the database.
 
-Acknowledgement, deliberately LATE (`task_acks_late=True` in worker/celery_app.py):
+Acknowledgement, deliberately LATE (`task_acks_late=True` in service/queue.py):
 - with prefetch multiplier 1 and concurrency 1, a worker busy with a multi-hour run holds
   exactly one unacked message, the running one; with early ack the freed prefetch slot would
   pull the next job's message into this busy box's buffer while idle boxes wait;
@@ -42,8 +42,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from service.broker import Broker
 from service.db import open_repo
 from service.db.repo import JobRepo
+from service.queue import TASK_NAME
 from service.settings import Settings
-from worker.celery_app import TASK_NAME
 from worker.supervisor import Supervisor
 
 log = logging.getLogger("worker.tasks")

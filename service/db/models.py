@@ -90,7 +90,6 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     last_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    run_dir: Mapped[str] = mapped_column(Text)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -327,11 +327,9 @@ class JobRepo:
         spec: dict[str, Any],
         *,
         queue: str,
-        run_dir_root: str,
         idempotency_key_hash: str | None = None,
         body_hash: str | None = None,
         idempotency_ttl_s: float = 24 * 3600.0,
-        will_enqueue: bool = False,
     ) -> SubmitResult:
         """Store a validated spec (its `model_dump(mode="json")`) as a queued job.
 
@@ -369,11 +367,10 @@ class JobRepo:
                     restarts=0,
                     attempt=0,
                     queue=queue,
-                    run_dir=f"{run_dir_root.rstrip('/')}/{job_id}",
                     last_seq=1,
                     created_at=now,
                     updated_at=now,
-                    enqueued_at=now if will_enqueue else None,
+                    enqueued_at=None,
                 )
                 s.execute(insert(Job).values(**values))
                 s.execute(
@@ -432,9 +429,10 @@ class JobRepo:
             return self._get(s, row.job_id)
 
     def mark_enqueued(self, job_id: str) -> None:
-        """The job's wake-up message was sent (now)."""
+        """The job's wake-up message is being sent (now)."""
         with self.db.write() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+            queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
+            s.execute(update(Job).where(queued).values(enqueued_at=utcnow()))
 
     def mark_unsent(self, job_id: str) -> None:
         """Sending the job's message failed: let the reaper send it."""
@@ -884,7 +882,7 @@ class JobRepo:
 
     def find_unclaimed_queued(self, threshold_s: float) -> list[QueuedJob]:
         """queued jobs whose message was never sent or was sent more than threshold_s ago (and
-        nobody claimed them): send their message again, then mark_enqueued."""
+        nobody claimed them): the reaper dispatches them again."""
         cutoff = utcnow() - dt.timedelta(seconds=threshold_s)
         with self.db.read() as s:
             return [

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.broker import Broker
+from service.broker import Broker, dispatch
 from service.db.repo import JobRepo, SubmitResult, sha256_hex
 from service.deps import BrokerDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
@@ -101,19 +101,12 @@ def _submit(
     result = repo.submit(
         spec.model_dump(mode="json"),
         queue=broker.queue_for(spec.resources.gpu_type),
-        run_dir_root=str(settings.resolved_artifact_root / "jobs"),
         idempotency_key_hash=key_hash,
         body_hash=body_hash,
         idempotency_ttl_s=settings.idempotency_ttl_s,
-        will_enqueue=True,
     )
     if result.created:
-        job = result.job
-        try:
-            broker.enqueue(job.id, job.queue, job.priority)
-        except Exception as exc:  # the job is stored; the reaper sends its message again
-            log.warning("job %s stored but its message was not sent: %s", job.id, exc)
-            repo.mark_unsent(job.id)
+        dispatch(repo, broker, result.job)
     return result
 
 
@@ -167,9 +160,5 @@ def resume_job(job_id: JobIdDep, repo: RepoDep, broker: BrokerDep) -> JobOut:
     """Back to `queued`; the next attempt continues from the latest checkpoint. Any other status
     answers 409 with the current status."""
     job = repo.resume(job_id)
-    try:
-        broker.enqueue(job.id, job.queue, job.priority)
-        repo.mark_enqueued(job.id)
-    except Exception as exc:
-        log.warning("job %s resumed but its message was not sent: %s", job.id, exc)
+    dispatch(repo, broker, job)
     return JobOut.from_row(job)

@@ -183,7 +183,7 @@ def test_dockerignore_keeps_the_context_small():
                  "sgmim/__pycache__/x.pyc", "benchmarks/out", "sgmim.egg-info", "data"):
         assert _ignored(path, patterns), f".dockerignore lets {path} into the build context"
     for path in ("pyproject.toml", "README.md", "sgmim/data/pretrain.py", "service/main.py",
-                 "worker/celery_app.py", "deploy/healthcheck.py"):
+                 "service/queue.py", "deploy/healthcheck.py"):
         assert not _ignored(path, patterns), f".dockerignore excludes {path}, which the build needs"
 
 

@@ -80,12 +80,12 @@ def test_api_unreachable(healthcheck, monkeypatch):
 
 
 def test_worker_ping(healthcheck, monkeypatch):
-    import worker.celery_app
+    import service.queue
 
     host = socket.gethostname()
     replies = [{"celery@elsewhere": {"ok": "pong"}}]
     fake = SimpleNamespace(control=SimpleNamespace(ping=lambda timeout: replies))
-    monkeypatch.setattr(worker.celery_app, "app", fake, raising=False)
+    monkeypatch.setattr(service.queue, "app", fake, raising=False)
     assert healthcheck.main(["worker"]) == 1, "another box's node does not make this one healthy"
     replies.append({f"sgmim@{host}": {"ok": "pong"}})
     assert healthcheck.main(["worker"]) == 0

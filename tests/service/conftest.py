@@ -274,4 +274,4 @@ def repo(session_repo: JobRepo) -> JobRepo:
 def submit_spec(repo: JobRepo, kind: str = "pretrain", name: str = "t", **fields: Any) -> str:
     """Store a job directly (DB level), as the API would after validation."""
     spec = {"kind": kind, "name": name, "priority": 5, "max_restarts": 2, **fields}
-    return repo.submit(spec, queue="sgmim", run_dir_root="/tmp/sgmim-test-runs").job.id
+    return repo.submit(spec, queue="sgmim").job.id

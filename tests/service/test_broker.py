@@ -12,8 +12,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.queue import make_celery, message_priority, queue_for
 from tests.service.conftest import PRETRAIN, REDIS_URL, make_settings
-from worker.celery_app import make_celery, message_priority, queue_for
 
 JOBS = "/api/v1/jobs"
 
@@ -95,3 +95,42 @@ def test_celery_app_settings_are_deliberate(tmp_path):
     assert message_priority(9, "redis://x") == 0 and message_priority(0, "redis://x") == 9
     assert message_priority(7, "filesystem://") == 7
     assert queue_for(None) == "sgmim" and queue_for("a100") == "sgmim.a100"
+
+
+class _RecordingBroker:
+    """Stands in for the broker in `dispatch`: records what the row said while it was sent."""
+
+    def __init__(self, repo, fail: bool):
+        self.repo, self.fail = repo, fail
+        self.marked_while_sending: list[bool] = []
+
+    def enqueue(self, job_id: str, queue: str, priority: int) -> None:
+        self.marked_while_sending.append(self.repo.get(job_id).enqueued_at is not None)
+        if self.fail:
+            raise ConnectionError("broker down")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_dispatch_marks_before_sending_and_unmarks_a_failed_send(repo, fail):
+    from service.broker import dispatch
+    from tests.service.conftest import submit_spec
+
+    job = repo.get(submit_spec(repo))
+    assert job.enqueued_at is None, "a stored job is unsent until dispatched"
+    broker = _RecordingBroker(repo, fail)
+    assert dispatch(repo, broker, job) is not fail
+    assert broker.marked_while_sending == [True], "a reaper pass during the send must not resend it"
+    unsent = {q.id for q in repo.find_unclaimed_queued(3600)}
+    assert (job.id in unsent) is fail, "only a failed send is left for the reaper"
+
+
+def test_the_service_imports_nothing_from_the_worker_package():
+    """The queue contract belongs to the service: the API sends by task name and never imports
+    the worker package (which depends on the service, not the other way round)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, service.main, service.broker, service.reaper, service.queue; "
+            "print(sorted(m for m in sys.modules if m == 'worker' or m.startswith('worker.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -251,7 +251,7 @@ def test_idempotent_submit_under_concurrency_creates_one_job(repo: JobRepo):
     def submit(_: int):
         barrier.wait()
         return repo.submit(
-            spec, queue="sgmim", run_dir_root="/r", idempotency_key_hash="k" * 64, body_hash="b" * 64
+            spec, queue="sgmim", idempotency_key_hash="k" * 64, body_hash="b" * 64
         )
 
     with ThreadPoolExecutor(12) as pool:
@@ -260,7 +260,7 @@ def test_idempotent_submit_under_concurrency_creates_one_job(repo: JobRepo):
     assert sum(r.created for r in results) == 1
     assert len(repo.list()) == 1
     with pytest.raises(IdempotencyConflict):
-        repo.submit(spec, queue="sgmim", run_dir_root="/r", idempotency_key_hash="k" * 64, body_hash="c" * 64)
+        repo.submit(spec, queue="sgmim", idempotency_key_hash="k" * 64, body_hash="c" * 64)
 
 
 def test_record_checkpoint_validates_and_updates(repo: JobRepo):

@@ -93,7 +93,7 @@ def submit(repo: JobRepo, settings: Settings, spec: dict[str, Any]) -> str:
     from sgmim.config import parse_spec
 
     data = parse_spec(spec).model_dump(mode="json")
-    return repo.submit(data, queue="sgmim", run_dir_root=str(settings.resolved_artifact_root / "jobs")).job.id
+    return repo.submit(data, queue="sgmim").job.id
 
 
 PRETRAIN = {"kind": "pretrain", "name": "p", "config": {"schedule": {"steps": 3}}}

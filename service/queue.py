@@ -1,17 +1,18 @@
-"""The Celery app shared by the API (which only sends) and the worker (which consumes).
+"""The queue contract: the Celery app shared by the API (which only sends) and the worker
+(which consumes), owned by the service.
 
 Importable without torch. The API sends `sgmim.run_job` by NAME with the job id as its only
-argument (`send_task`); it never imports task code. The task module (`worker.tasks`) is
-included only when it exists.
+argument (`send_task`); it never imports task code. The worker (`python -m worker`) registers
+the task by importing `worker.tasks` itself.
 
-Choices (STACK-NOTES.md, ARCHITECTURE.md "Principles"): the database owns job state; the
-message only wakes a worker, which claims the job row atomically (a second claim fails).
+Choices (docs/architecture.md): the database owns job state; the message only wakes a worker,
+which claims the job row atomically (a second claim fails).
 
 - `task_acks_late=True` + `worker_prefetch_multiplier=1` + concurrency 1: a worker reserves
   only the message it is running, so a queued job is never stuck in the prefetch buffer of a
   box that is busy for hours (with early ack, a busy worker would hold one more message).
 - `broker_transport_options.visibility_timeout` (Redis) is long (settings, default 7 days):
-  Redis redelivers an unacked message after it, and STACK-NOTES saw a second concurrent run of
+  Redis redelivers an unacked message after it, and docs/notes.md records a second concurrent run of
   a long task when it was short. A redelivered message is harmless here anyway: its claim fails
   because the job is no longer `queued`.
 - `task_reject_on_worker_lost=False`: when the pool child dies, the message is acked, not
@@ -32,7 +33,6 @@ Queues: `sgmim` by default, `sgmim.<gpu_type>` for a spec with `resources.gpu_ty
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +86,10 @@ def make_celery(settings: Any) -> Celery:
     broker_visibility_timeout_s)."""
     broker_url = getattr(settings, "resolved_broker_url", None) or settings.broker_url or "filesystem://"
     default_queue = getattr(settings, "default_queue", DEFAULT_QUEUE)
-    include = ["worker.tasks"] if importlib.util.find_spec("worker.tasks") is not None else []
     app = Celery(
         "sgmim",
         broker=broker_url,
         backend=settings.result_backend or None,
-        include=include,
         set_as_current=False,
     )
     app.conf.update(
@@ -125,7 +123,7 @@ def _default_app() -> Celery:
 
 
 def __getattr__(name: str) -> Any:
-    # `celery -A worker.celery_app:app worker` builds the app from the environment on first use,
+    # `celery -A service.queue:app ...` (Flower, `control`) builds the app from the environment on first use,
     # so importing this module has no side effects (no folders created, no settings read).
     if name == "app":
         global app
