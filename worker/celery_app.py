@@ -4,14 +4,14 @@ Importable without torch. The API sends `sgmim.run_job` by NAME with the job id 
 argument (`send_task`); it never imports task code. The task module (`worker.tasks`) is
 included only when it exists.
 
-Choices (STACK-NOTES.md, ARCHITECTURE.md "Principles"): the database owns job state; the
+Choices (docs/notes.md "Celery 5.7", docs/architecture.md "Principles"): the database owns job state; the
 message only wakes a worker, which claims the job row atomically (a second claim fails).
 
 - `task_acks_late=True` + `worker_prefetch_multiplier=1` + concurrency 1: a worker reserves
   only the message it is running, so a queued job is never stuck in the prefetch buffer of a
   box that is busy for hours (with early ack, a busy worker would hold one more message).
 - `broker_transport_options.visibility_timeout` (Redis) is long (settings, default 7 days):
-  Redis redelivers an unacked message after it, and STACK-NOTES saw a second concurrent run of
+  Redis redelivers an unacked message after it, and docs/notes.md records a second concurrent run of
   a long task when it was short. A redelivered message is harmless here anyway: its claim fails
   because the job is no longer `queued`.
 - `task_reject_on_worker_lost=False`: when the pool child dies, the message is acked, not
