@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the wheels that benchmarks/gpu_check.sh installs on a GPU machine without network.
 #
-# That machine (see the device tool's KINDS.md) has Python 3.12 with torch, timm, numpy,
+# That machine (docs/notes.md "GPU pitfalls") has Python 3.12 with torch, timm, numpy,
 # ninja, py-cpuinfo, msgpack, safetensors, ... but not DeepSpeed, hjson or pydantic. This
 # script fetches those as Python 3.12 manylinux x86-64 wheels (`pip download --only-binary`),
 # builds DeepSpeed as a pure-Python wheel (DS_BUILD_OPS=0: no CUDA op is compiled ahead; the

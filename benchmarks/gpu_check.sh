@@ -99,7 +99,7 @@ fi
 
 # Nothing from the network: pip only reads the carried folder, the hub clients stay offline.
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# Only used if DeepSpeed ever JIT-builds an op: its builder cannot parse "9.0a" (GPU.md).
+# Only used if DeepSpeed ever JIT-builds an op: its builder cannot parse "9.0a" (docs/notes.md).
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export PYTHONUNBUFFERED=1
 

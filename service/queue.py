@@ -5,8 +5,8 @@ Importable without torch. The API sends `sgmim.run_job` by NAME with the job id 
 argument (`send_task`); it never imports task code. The worker (`python -m worker`) registers
 the task by importing `worker.tasks` itself.
 
-Choices (docs/architecture.md): the database owns job state; the message only wakes a worker,
-which claims the job row atomically (a second claim fails).
+Choices (docs/notes.md "Celery 5.7", docs/architecture.md "Principles"): the database owns job
+state; the message only wakes a worker, which claims the job row atomically (a second claim fails).
 
 - `task_acks_late=True` + `worker_prefetch_multiplier=1` + concurrency 1: a worker reserves
   only the message it is running, so a queued job is never stuck in the prefetch buffer of a

@@ -1,6 +1,6 @@
 """Service settings (pydantic-settings, environment prefix `SGMIM_`).
 
-Zero configuration gives the embedded default of ARCHITECTURE.md: a SQLite file and a
+Zero configuration gives the embedded default of docs/architecture.md: a SQLite file and a
 filesystem broker under `~/.sgmim`, loopback only, no token. Everything else is chosen by
 setting environment variables, never by code branches:
 

@@ -53,7 +53,7 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {"depth": ("glpdepth", "dpt"), "segment
 
 
 class HeadConfig(StrictModel):
-    """The decoder on top of the encoder (METHOD.md "Downstream"). Channel counts and strides of
+    """The decoder on top of the encoder (docs/method.md "Downstream"). Channel counts and strides of
     the encoder's features are derived from the encoder; None picks the per-head default."""
 
     kind: HeadKind | None = Field(

@@ -1,4 +1,4 @@
-"""Monocular depth metrics as BTS and GLPDepth compute them (METHOD.md "Metrics").
+"""Monocular depth metrics as BTS and GLPDepth compute them (docs/method.md "Metrics").
 
 Per image: the valid pixels are `min_depth < gt < max_depth`, intersected with the Garg or
 Eigen crop when asked; the prediction is clamped to [min_depth, max_depth] (non-finite values

@@ -1,4 +1,4 @@
-"""Semantic segmentation metrics over a whole dataset (mmseg's convention, METHOD.md).
+"""Semantic segmentation metrics over a whole dataset (mmseg's convention, docs/method.md).
 
 A K × K confusion matrix (rows: ground truth, columns: prediction) is accumulated over every
 image; pixels labelled `ignore_index` (255) or outside [0, K) are left out. Then per class

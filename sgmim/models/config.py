@@ -1,4 +1,4 @@
-"""Model configuration: every architectural choice of METHOD.md is a field here."""
+"""Model configuration: every architectural choice of docs/method.md is a field here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dense-prediction heads on top of a Swin/SwinV2/ViT encoder (METHOD.md "Downstream")."""
+"""Dense-prediction heads on top of a Swin/SwinV2/ViT encoder (docs/method.md "Downstream")."""
 
 from sgmim.models.heads.dpt import DPTHead
 from sgmim.models.heads.glpdepth import GLPDepthHead

@@ -1,4 +1,4 @@
-"""GLPDepth-style deconvolution depth head on the encoder's last stage (METHOD.md; the SimMIM
+"""GLPDepth-style deconvolution depth head on the encoder's last stage (docs/method.md; the SimMIM
 authors' depth code): num_deconv × [ConvTranspose k2 s2 → norm → ReLU], conv3×3 → norm → ReLU,
 bilinear ×2 for each octave of the encoder stride the deconvolutions did not cover (2 for
 Swin's stride 32), then conv3×3 → ReLU → conv3×3 and `sigmoid · max_depth`."""
