@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.db.repo import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
+from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
 from sgmim.config import SpecError
 
 log = logging.getLogger("service")

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass, field
 
 from service.broker import Broker, dispatch
-from service.db.repo import InvalidTransition, JobRepo
+from service.db.errors import InvalidTransition
+from service.db.repo import JobRepo
 from service.settings import Settings
 from sgmim.status import JobStatus
 

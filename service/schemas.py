@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.db.base import finite_or_none
 from service.db.models import Checkpoint, Job, LogLine
-from service.db.repo import finite_or_none
 from sgmim.status import JobStatus
 
 JobKind = Literal["pretrain", "finetune", "evaluate"]

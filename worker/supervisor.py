@@ -48,7 +48,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.db.repo import InvalidTransition, JobNotFound, JobRepo
+from service.db.errors import InvalidTransition, JobNotFound
+from service.db.repo import JobRepo
 from service.settings import Settings
 from sgmim import rundir
 from sgmim.config import AnyJob, SpecError, parse_spec

@@ -1,9 +1,14 @@
-"""Database operations on jobs: what the API and the worker call.
+"""The job repository: what the API and the worker call, one transaction per method.
 
-Every status change goes through `_transition`, which checks `sgmim.status.TRANSITIONS` and appends a status
-event in the same transaction; an illegal change raises `InvalidTransition` (the API's 409).
-Sequence numbers (`jobs.last_seq`) are allocated inside the writing transaction while the job
-row is locked, so one job's transactions commit in sequence order (see models.py).
+`JobRepo` is the job lifecycle (submit, claim, heartbeat, cancel, resume, finish, requeue) and
+composes the other concerns, each in a module of its own, so callers hold one object:
+`service.db.events` (status events, metric points, log lines), `service.db.records`
+(checkpoints, evaluation results), `service.db.tokens` (API tokens). Errors are in
+`service.db.errors`, shared helpers in `service.db.base`.
+
+Every status change goes through `_transition`, which checks `sgmim.status.TRANSITIONS` and
+appends a status event in the same transaction; an illegal change raises `InvalidTransition`
+(the API's 409).
 
 The worker uses, with `repo = JobRepo(Database.from_settings(settings))`:
 
@@ -25,81 +30,26 @@ The worker uses, with `repo = JobRepo(Database.from_settings(settings))`:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import math
-import os
-import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from service.db.models import (
-    ApiToken,
-    Attempt,
-    Base,
-    Checkpoint,
-    IdempotencyKey,
-    Job,
-    LogLine,
-    Metric,
-    StatusEvent,
-    utcnow,
-)
-from service.db.session import Database
+from service.db.base import clean_text
+from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
+from service.db.events import EventRepo
+from service.db.models import Attempt, Checkpoint, IdempotencyKey, Job, StatusEvent, utcnow
+from service.db.records import RecordRepo
+from service.db.tokens import TokenRepo
 from sgmim.status import ACTIVE, TERMINAL, TRANSITIONS, JobStatus
 
-CHECKPOINT_KINDS = ("deepspeed", "encoder", "model")  # model: a fine-tuning export (encoder + head)
-_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9._-]{1,256}")  # global_step100, encoder, ...
-MAX_LOG_LINE = 16_384
-MAX_METRIC_NAME = 128
 MAX_ERROR = 65_536
-_INSERT_CHUNK = 1000
-
-
-# Errors ----------------------------------------------------------------------------------------
-
-
-class RepoError(Exception):
-    """Base of the typed errors the API maps to HTTP answers."""
-
-
-class JobNotFound(RepoError):
-    def __init__(self, job_id: str):
-        self.job_id = job_id
-        super().__init__(f"job {job_id} not found")
-
-
-class InvalidTransition(RepoError):
-    """A status change the state machine does not allow (HTTP 409 with `current`)."""
-
-    def __init__(self, job_id: str, current: str, target: str, action: str | None = None):
-        self.job_id, self.current, self.target = job_id, current, target
-        self.action = action or f"move to {target}"
-        super().__init__(f"cannot {self.action} job {job_id}: it is {current}")
-
-
-class IdempotencyConflict(RepoError):
-    def __init__(self, job_id: str):
-        self.job_id = job_id
-        super().__init__(
-            f"this Idempotency-Key was used with a different request body (it created job {job_id})"
-        )
-
-
-class ParentError(RepoError):
-    """The spec's parent is missing, not succeeded, of the wrong kind, or lacks the checkpoint."""
-
-    def __init__(self, path: str, message: str):
-        self.path, self.message = path, message
-        super().__init__(f"{path}: {message}")
 
 
 # Ids -------------------------------------------------------------------------------------------
@@ -131,27 +81,9 @@ def new_job_id() -> str:
     return _b32(ms, 10) + _b32(rand, 6)
 
 
-def sha256_hex(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 # Values ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Event:
-    """One entry of a job's sequence: type 'status', 'metric' or 'log'."""
-
-    seq: int
-    type: str
-    data: dict[str, Any]
-
-
-@dataclass
-class EventBatch:
-    events: list[Event]
-    status: str
-    last_seq: int
 
 
 @dataclass
@@ -178,37 +110,6 @@ class QueuedJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def finite_or_none(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None if value is None else float(value)
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _clean_text(text: str) -> str:
-    """Text Postgres can store: no NUL, valid UTF-8 (lone surrogates replaced)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
-def json_safe(value: Any) -> Any:
-    """A JSON value both databases store and JSON responses can carry: NaN/inf -> None, text cleaned."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return _clean_text(value)
-    if isinstance(value, dict):
-        return {_clean_text(str(k)): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
 PROGRESS_FIELDS = ("step", "total_steps", "epoch")
 
 
@@ -217,18 +118,13 @@ def _progress_values(progress: dict[str, Any] | None) -> dict[str, Any]:
     return {k: progress[k] for k in PROGRESS_FIELDS if progress and progress.get(k) is not None}
 
 
-def _now_ts() -> float:
-    return time.time()
 
 
 # The repository --------------------------------------------------------------------------------
 
 
-class JobRepo:
-    """All job operations; each method is one transaction."""
-
-    def __init__(self, db: Database):
-        self.db = db
+class JobRepo(EventRepo, RecordRepo, TokenRepo):
+    """The job lifecycle, with the event, record and token operations composed in."""
 
     # --- status machine --------------------------------------------------------------------
 
@@ -243,15 +139,6 @@ class JobRepo:
             raise JobNotFound(job_id)
         return job
 
-    def _next_seq(self, s: Session, job_id: str, n: int) -> int:
-        """Reserve n sequence numbers; returns the last one (the first is last - n + 1)."""
-        last = s.execute(
-            update(Job).where(Job.id == job_id).values(last_seq=Job.last_seq + n).returning(Job.last_seq)
-        ).scalar_one_or_none()
-        if last is None:
-            raise JobNotFound(job_id)
-        return int(last)
-
     def _transition(
         self, s: Session, job: Job, target: str, *, action: str | None = None, **values: Any
     ) -> None:
@@ -262,7 +149,7 @@ class JobRepo:
         previous = job.status
         now = utcnow()
         if values.get("error") is not None:
-            values["error"] = _clean_text(str(values["error"]))[:MAX_ERROR]
+            values["error"] = clean_text(str(values["error"]))[:MAX_ERROR]
         seq = self._next_seq(s, job.id, 1)
         s.execute(update(Job).where(Job.id == job.id).values(status=target, updated_at=now, **values))
         s.execute(
@@ -510,130 +397,7 @@ class JobRepo:
             )
             return self._get(s, job_id)
 
-    # --- reads: metrics, events, logs, checkpoints ---------------------------------------------
-
-    def metrics(
-        self, job_id: str, *, names: Sequence[str] | None = None, after: int = 0, limit: int = 1000
-    ) -> list[Any]:
-        """Points with seq > after in order: rows with .seq .step .epoch .name .value .time."""
-        stmt = select(Metric.seq, Metric.step, Metric.epoch, Metric.name, Metric.value, Metric.time).where(
-            Metric.job_id == job_id, Metric.seq > after
-        )
-        if names:
-            stmt = stmt.where(Metric.name.in_(list(names)))
-        stmt = stmt.order_by(Metric.seq).limit(limit)
-        with self.db.read() as s:
-            self._require(s, job_id)
-            return list(s.execute(stmt))
-
-    def _require(self, s: Session, job_id: str) -> tuple[str, int]:
-        row = s.execute(select(Job.status, Job.last_seq).where(Job.id == job_id)).one_or_none()
-        if row is None:
-            raise JobNotFound(job_id)
-        return row.status, int(row.last_seq)
-
-    def events(self, job_id: str, after: int = 0, limit: int = 500) -> EventBatch:
-        """Events with `after < seq <= last_seq`, in order.
-
-        `last_seq` is read first: every event up to it has committed (it is written in the same
-        transaction as the events), so reading each table up to that bound never skips an event,
-        whatever each statement's snapshot is.
-        """
-        with self.db.read() as s:
-            status, last = self._require(s, job_id)
-            if after >= last:
-                return EventBatch([], status, last)
-            bounds = (after, last)
-            events: list[Event] = []
-            for row in s.execute(
-                select(StatusEvent)
-                .where(
-                    StatusEvent.job_id == job_id, StatusEvent.seq > bounds[0], StatusEvent.seq <= bounds[1]
-                )
-                .order_by(StatusEvent.seq)
-                .limit(limit)
-            ).scalars():
-                events.append(
-                    Event(
-                        row.seq,
-                        "status",
-                        {
-                            "status": row.status,
-                            "previous": row.previous,
-                            "attempt": row.attempt,
-                            "error": row.error,
-                            "time": row.time,
-                        },
-                    )
-                )
-            for row in s.execute(
-                select(Metric)
-                .where(Metric.job_id == job_id, Metric.seq > bounds[0], Metric.seq <= bounds[1])
-                .order_by(Metric.seq)
-                .limit(limit)
-            ).scalars():
-                events.append(
-                    Event(
-                        row.seq,
-                        "metric",
-                        {
-                            "step": row.step,
-                            "epoch": row.epoch,
-                            "name": row.name,
-                            "value": finite_or_none(row.value),
-                            "time": row.time,
-                        },
-                    )
-                )
-            for row in s.execute(
-                select(LogLine)
-                .where(LogLine.job_id == job_id, LogLine.seq > bounds[0], LogLine.seq <= bounds[1])
-                .order_by(LogLine.seq)
-                .limit(limit)
-            ).scalars():
-                events.append(Event(row.seq, "log", {"line": row.line, "time": row.time}))
-            events.sort(key=lambda e: e.seq)
-            return EventBatch(events[:limit], status, last)
-
-    def logs_tail(self, job_id: str, n: int = 100) -> list[LogLine]:
-        with self.db.read() as s:
-            self._require(s, job_id)
-            rows = list(
-                s.execute(
-                    select(LogLine).where(LogLine.job_id == job_id).order_by(LogLine.seq.desc()).limit(n)
-                ).scalars()
-            )
-            s.expunge_all()
-            return rows[::-1]
-
-    def checkpoints(self, job_id: str) -> list[Checkpoint]:
-        with self.db.read() as s:
-            self._require(s, job_id)
-            rows = list(
-                s.execute(
-                    select(Checkpoint)
-                    .where(Checkpoint.job_id == job_id)
-                    .order_by(
-                        Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.created_at, Checkpoint.name
-                    )
-                ).scalars()
-            )
-            s.expunge_all()
-            return rows
-
-    def checkpoint(self, job_id: str, name: str) -> Checkpoint | None:
-        """The recorded checkpoint `name` of the job (exact match), or None."""
-        with self.db.read() as s:
-            self._require(s, job_id)
-            row = s.get(Checkpoint, (job_id, name))
-            if row is not None:
-                s.expunge(row)
-            return row
-
-    def evaluation(self, job_id: str) -> dict[str, Any] | None:
-        with self.db.read() as s:
-            self._require(s, job_id)
-            return s.execute(select(Job.evaluation).where(Job.id == job_id)).scalar_one()
+    # --- reads -----------------------------------------------------------------------------------
 
     def count_by_status(self) -> dict[str, int]:
         with self.db.read() as s:
@@ -705,125 +469,6 @@ class JobRepo:
                 .returning(Job.status)
             ).scalar_one_or_none()
             return status
-
-    def append_metrics(self, job_id: str, points: Iterable[dict[str, Any]]) -> int:
-        """Insert a batch of points `{name, value, step, epoch, time}` (one transaction, chunked
-        multi-row inserts); updates the job's last_metrics and progress. Returns the last seq.
-        Non-finite values are stored as NULL."""
-        rows: list[dict[str, Any]] = []
-        now = _now_ts()
-        for p in points:
-            name = p.get("name")
-            if (
-                not isinstance(name, str)
-                or not name
-                or len(name) > MAX_METRIC_NAME
-                or _clean_text(name) != name
-            ):
-                raise ValueError(f"metric point needs a name of 1..{MAX_METRIC_NAME} characters: {p!r}")
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "name": name,
-                    "value": finite_or_none(p.get("value")),
-                    "step": None if p.get("step") is None else int(p["step"]),
-                    "epoch": None if p.get("epoch") is None else float(p["epoch"]),
-                    "time": float(p["time"]) if p.get("time") is not None else now,
-                }
-            )
-        if not rows:
-            return self._last_seq(job_id)
-        latest: dict[str, float | None] = {}
-        max_step = max((r["step"] for r in rows if r["step"] is not None), default=None)
-        max_epoch = max((r["epoch"] for r in rows if r["epoch"] is not None), default=None)
-        for r in rows:
-            latest[r["name"]] = r["value"]
-        with self.db.write() as s:
-            cur = s.execute(
-                select(Job.last_seq, Job.last_metrics, Job.step, Job.epoch)
-                .where(Job.id == job_id)
-                .with_for_update()
-            ).one_or_none()
-            if cur is None:
-                raise JobNotFound(job_id)
-            first = int(cur.last_seq) + 1
-            for i, r in enumerate(rows):
-                r["seq"] = first + i
-            merged = dict(cur.last_metrics or {})
-            merged.update(latest)
-            values: dict[str, Any] = {"last_seq": first + len(rows) - 1, "last_metrics": merged}
-            if max_step is not None and (cur.step is None or max_step > cur.step):
-                values["step"] = max_step
-            if max_epoch is not None and (cur.epoch is None or max_epoch > cur.epoch):
-                values["epoch"] = max_epoch
-            s.execute(update(Job).where(Job.id == job_id).values(**values))
-            _bulk_insert(s, Metric.__table__.name, _METRIC_COLUMNS, rows)
-            return values["last_seq"]
-
-    def append_logs(self, job_id: str, lines: Iterable[str]) -> int:
-        """Append log lines (trailing newline stripped, each cut to 16 KiB). Returns the last seq."""
-        now = _now_ts()
-        batch = [_clean_text(line.rstrip("\r\n")[:MAX_LOG_LINE]) for line in lines]
-        if not batch:
-            return self._last_seq(job_id)
-        with self.db.write() as s:
-            last = self._next_seq(s, job_id, len(batch))
-            first = last - len(batch) + 1
-            rows = [
-                {"job_id": job_id, "seq": first + i, "time": now, "line": line}
-                for i, line in enumerate(batch)
-            ]
-            _bulk_insert(s, LogLine.__table__.name, _LOG_COLUMNS, rows)
-            return last
-
-    def _last_seq(self, job_id: str) -> int:
-        with self.db.read() as s:
-            return self._require(s, job_id)[1]
-
-    def record_checkpoint(
-        self, job_id: str, name: str, kind: str, step: int | None, size_bytes: int, path: str
-    ) -> None:
-        """Record (or update) a checkpoint; `path` is relative to the run directory, e.g.
-        "checkpoints/global_step100" (deepspeed: the tag folder) or "export/encoder.safetensors"."""
-        if kind not in CHECKPOINT_KINDS:
-            raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, not {kind!r}")
-        if not _CHECKPOINT_NAME.fullmatch(name) or name in (".", ".."):
-            raise ValueError(f"bad checkpoint name {name!r}: use letters, digits, '.', '_' and '-'")
-        rel = PurePosixPath(path)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts or os.path.isabs(path):
-            raise ValueError(f"checkpoint path must be relative to the run directory: {path!r}")
-        with self.db.write() as s:
-            self._require(s, job_id)
-            row = s.get(Checkpoint, (job_id, name))
-            if row is None:
-                s.add(
-                    Checkpoint(
-                        job_id=job_id,
-                        name=name,
-                        kind=kind,
-                        step=step,
-                        size_bytes=int(size_bytes),
-                        path=str(rel),
-                        created_at=utcnow(),
-                    )
-                )
-            else:
-                row.kind, row.step, row.size_bytes, row.path = kind, step, int(size_bytes), str(rel)
-
-    def delete_checkpoint(self, job_id: str, name: str) -> None:
-        """Forget a checkpoint (the worker rotates old DeepSpeed tags away: keep_checkpoints)."""
-        with self.db.write() as s:
-            s.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == name))
-
-    def set_evaluation(self, job_id: str, evaluation: dict[str, Any]) -> None:
-        """Store the job's evaluation results (eval.json); NaN/inf become null."""
-        evaluation = json_safe(evaluation)
-        with self.db.write() as s:
-            n = s.execute(
-                update(Job).where(Job.id == job_id).values(evaluation=evaluation, updated_at=utcnow())
-            ).rowcount
-            if not n:
-                raise JobNotFound(job_id)
 
     def finish_job(
         self,
@@ -931,62 +576,6 @@ class JobRepo:
                 .values(finished_at=now, status="lost", error=reason)
             )
             return target
-
-    # --- tokens --------------------------------------------------------------------------------
-
-    def create_api_token(self, name: str) -> str:
-        """Issue a token (returned once; only its sha256 is stored)."""
-        token = "sgmim_" + secrets.token_urlsafe(32)
-        with self.db.write() as s:
-            s.add(ApiToken(token_hash=sha256_hex(token), name=name, created_at=utcnow()))
-        return token
-
-    def revoke_api_token(self, name: str) -> bool:
-        with self.db.write() as s:
-            return bool(
-                s.execute(
-                    update(ApiToken)
-                    .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
-                    .values(revoked_at=utcnow())
-                ).rowcount
-            )
-
-    def token_hash_active(self, token_hash: str) -> bool:
-        with self.db.read() as s:
-            return (
-                s.execute(
-                    select(ApiToken.name).where(
-                        ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None)
-                    )
-                ).first()
-                is not None
-            )
-
-    def has_active_tokens(self) -> bool:
-        with self.db.read() as s:
-            return (
-                s.execute(select(ApiToken.name).where(ApiToken.revoked_at.is_(None)).limit(1)).first()
-                is not None
-            )
-
-
-_METRIC_COLUMNS = ("job_id", "seq", "name", "step", "epoch", "value", "time")
-_LOG_COLUMNS = ("job_id", "seq", "time", "line")
-
-
-def _bulk_insert(s: Session, table: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    """Insert rows in the session's transaction: COPY on Postgres (about 3x the rate of a
-    multi-row INSERT from Python), chunked executemany elsewhere."""
-    conn = s.connection()
-    if conn.dialect.name == "postgresql":
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(tuple(r[c] for c in columns))
-        return
-    target = Base.metadata.tables[table]
-    for i in range(0, len(rows), _INSERT_CHUNK):
-        conn.execute(target.insert(), rows[i : i + _INSERT_CHUNK])
 
 
 class _Replay(Exception):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path
 
-from service.db.repo import JobNotFound
+from service.db.errors import JobNotFound
 from service.errors import SpecValidationError
 from service.schemas import ConflictOut, ErrorOut, ValidationErrorOut
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service import artifacts
-from service.db.repo import json_safe
+from service.db.base import json_safe
 from service.deps import RepoDep, SettingsDep
 from service.routes.common import AUTH, NOT_FOUND, JobIdDep
 from sgmim import rundir

@@ -19,7 +19,8 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.db.repo import Event, JobRepo
+from service.db.events import Event
+from service.db.repo import JobRepo
 from service.deps import RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.broker import Broker, dispatch
-from service.db.repo import JobRepo, SubmitResult, sha256_hex
+from service.db.base import sha256_hex
+from service.db.repo import JobRepo, SubmitResult
 from service.deps import BrokerDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY

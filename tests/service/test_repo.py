@@ -12,14 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from service.db import migrate
+from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFound
 from service.db.models import Base
-from service.db.repo import (
-    IdempotencyConflict,
-    InvalidTransition,
-    JobNotFound,
-    JobRepo,
-    new_job_id,
-)
+from service.db.repo import JobRepo, new_job_id
 from service.db.session import Database
 from tests.service.conftest import create_pg_database, drop_pg_database, submit_spec
 
@@ -309,7 +304,7 @@ def test_reading_100k_metric_points_is_paginated(repo: JobRepo):
 
 
 def test_api_tokens_are_stored_hashed_and_revocable(repo: JobRepo):
-    from service.db.repo import sha256_hex
+    from service.db.base import sha256_hex
 
     assert repo.has_active_tokens() is False
     token = repo.create_api_token("ci")
