@@ -124,7 +124,7 @@ def make_spec(variant: str, steps: int, batch: int, workers: int, num_images: in
 
 def cmd_spec(args: argparse.Namespace) -> int:
     """Writes <out-dir>/<variant>.yaml for each variant, validated by the job-spec schema."""
-    from sgmim.config import SpecError, parse_spec
+    from sgmim.spec import SpecError, parse_spec
 
     for variant in args.variants.split(","):
         spec = make_spec(variant, args.steps, args.batch, args.workers, args.num_images,

@@ -25,7 +25,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._results import machine, today, write_section  # noqa: E402
-from sgmim.models import SGMIM, EncoderConfig, GuidanceConfig, MaskConfig, ModelConfig  # noqa: E402
+from sgmim.models import SGMIM  # noqa: E402
+from sgmim.spec import EncoderConfig, GuidanceConfig, MaskConfig, ModelConfig
 
 TINY_SPEC = Path(__file__).resolve().parents[1] / "examples" / "jobs" / "pretrain-tiny.yaml"
 
@@ -112,8 +113,8 @@ def trainer_overhead(steps: int, workers: int, zero_stage: int) -> tuple[float, 
         windows = [m["images_per_s"] for m in lines if "images_per_s" in m and m["step"] > 16]
         trainer = statistics.mean(windows)
 
-        from sgmim.config import load_spec
         from sgmim.data import build_pretrain_dataset
+        from sgmim.spec import load_spec
 
         job = load_spec(path)
         model = SGMIM(job.config.model)

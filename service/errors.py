@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
-from sgmim.config import SpecError
+from sgmim.spec import SpecError
 
 log = logging.getLogger("service")
 

@@ -1,4 +1,4 @@
-"""OpenAPI: the job-spec schema (sgmim.config.JobSpec) as the submit request body, with examples."""
+"""OpenAPI: the job-spec schema (sgmim.spec.JobSpec) as the submit request body, with examples."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from sgmim.config import spec_json_schema
+from sgmim.spec import spec_json_schema
 
 SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
     "pretrain": {

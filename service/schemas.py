@@ -1,4 +1,4 @@
-"""Response models of the REST API (the request body is sgmim.config's JobSpec)."""
+"""Response models of the REST API (the request body is sgmim.spec's JobSpec)."""
 
 from __future__ import annotations
 

@@ -52,8 +52,8 @@ from service.db.errors import InvalidTransition, JobNotFound
 from service.db.repo import JobRepo
 from service.settings import Settings
 from sgmim import rundir
-from sgmim.config import AnyJob, SpecError, parse_spec
 from sgmim.rundir import exit_meaning
+from sgmim.spec import AnyJob, SpecError, parse_spec
 from sgmim.status import JobStatus
 from sgmim.train.launch import die_with_parent, environment, gpu_count
 from worker import procs
@@ -173,15 +173,15 @@ class Supervisor:
     # --- preparation ---------------------------------------------------------------------------
 
     def resolve_spec(self, stored: dict[str, Any]) -> AnyJob:
-        """The stored spec, validated again, with config.init_path filled in for init: parent."""
+        """The stored spec, validated once in this process (the schema may have changed since
+        the submit), with config.init_path filled in for init: parent."""
         try:
             spec = parse_spec(copy.deepcopy(stored))
         except SpecError as exc:
             raise LaunchError(f"the stored job spec no longer validates: {exc}") from None
         if spec.kind in PARENT_ARTIFACT and spec.config.init == "parent":
-            data = spec.model_dump(mode="json")
-            data["config"]["init_path"] = str(self.parent_artifact(spec))
-            spec = parse_spec(data)
+            config = spec.config.model_copy(update={"init_path": str(self.parent_artifact(spec))})
+            spec = spec.model_copy(update={"config": config})
         return spec
 
     def parent_artifact(self, spec: AnyJob) -> Path:

@@ -21,7 +21,7 @@ from service.openapi import SUBMIT_BODY
 from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, check_strings, decode_body
 from service.schemas import ConflictOut, ErrorOut, JobKind, JobList, JobOut, JobSummary
 from service.settings import Settings
-from sgmim.config import REQUIRED_PARENT_KIND, parse_spec
+from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")

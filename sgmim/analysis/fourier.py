@@ -100,8 +100,9 @@ def half_diagonal(amplitude: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 def analysis_images(data: str, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """(N, 3, H, W) ImageNet-normalised images: synthetic validation scenes, or the first
     `count` images (sorted by path) of a folder, resized (shorter side) and centre-cropped."""
-    from sgmim.data import DownstreamDataConfig, build_downstream_dataset
+    from sgmim.data import build_downstream_dataset
     from sgmim.data.transforms import image_to_tensor, normalize
+    from sgmim.spec import DownstreamDataConfig
 
     if data == "synthetic":
         cfg = DownstreamDataConfig(num_images=count, seed=seed, num_workers=0,

@@ -95,7 +95,7 @@ def render_data(data_dir: Path, size: DemoSize) -> None:
 
 
 def submit(api: Api, example: str, overrides: list[str], parent: str | None = None) -> dict:
-    from sgmim.config import apply_overrides, read_spec_data
+    from sgmim.spec import apply_overrides, read_spec_data
 
     body = apply_overrides(read_spec_data(EXAMPLES / example), overrides)
     if parent:

@@ -33,7 +33,7 @@ def submit(
                                                help="resubmitting with the same key returns the same job"),
 ) -> None:
     """Submit a job spec to the server."""
-    from sgmim.config import SpecError, apply_overrides, read_spec_data
+    from sgmim.spec import SpecError, apply_overrides, read_spec_data
 
     try:
         body = apply_overrides(read_spec_data(spec), overrides)

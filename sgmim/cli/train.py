@@ -17,7 +17,7 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="key.path=value, e.g. config.schedule.steps=10"),
 ) -> None:
     """Run a job spec here, without the service (resumes from the run dir's checkpoint)."""
-    from sgmim.config import SpecError, load_spec
+    from sgmim.spec import SpecError, load_spec
     from sgmim.train.checkpoint import atomic_write_text
     from sgmim.train.launch import Launch, command, die_with_parent, environment
 

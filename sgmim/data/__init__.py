@@ -4,26 +4,23 @@
 - `build_downstream_dataset`: image + metric depth or class labels, for fine-tuning/evaluation.
 - `render_scene`: one procedural RGB-D scene (RGB, depth, labels, instances, pseudo-depth).
 
-Names load lazily, so that importing the spec schema (`sgmim.data.config`) stays light.
+The dataset sections of the job spec are in `sgmim.spec.data`.
 """
 
-from importlib import import_module
+from sgmim.data.downstream import (
+    DATASET_INFO,
+    DatasetInfo,
+    DownstreamDataset,
+    build_downstream_dataset,
+    pad_collate,
+)
+from sgmim.data.errors import DataError
+from sgmim.data.pretrain import PretrainDataset, build_pretrain_dataset
+from sgmim.data.synthetic import CLASS_NAMES, SPLITS, Scene, render_scene
+from sgmim.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
-_EXPORTS = {
-    **dict.fromkeys(["AugmentConfig", "DownstreamDataConfig", "PretrainDataConfig",
-                     "PseudoDepthConfig", "SyntheticConfig"], "sgmim.data.config"),
-    **dict.fromkeys(["DATASET_INFO", "DatasetInfo", "DownstreamDataset", "build_downstream_dataset",
-                     "pad_collate"], "sgmim.data.downstream"),
-    "DataError": "sgmim.data.errors",
-    **dict.fromkeys(["PretrainDataset", "build_pretrain_dataset"], "sgmim.data.pretrain"),
-    **dict.fromkeys(["CLASS_NAMES", "SPLITS", "Scene", "render_scene"], "sgmim.data.synthetic"),
-    **dict.fromkeys(["IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD"], "sgmim.data.transforms"),
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sgmim.data' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__all__ = [
+    "CLASS_NAMES", "DATASET_INFO", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS",
+    "DataError", "DatasetInfo", "DownstreamDataset", "PretrainDataset", "Scene",
+    "build_downstream_dataset", "build_pretrain_dataset", "pad_collate", "render_scene",
+]

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sgmim.data.ade20k import Ade20kSource
-from sgmim.data.config import AugmentConfig, DownstreamDataConfig
 from sgmim.data.errors import DataError, SkipPolicy
 from sgmim.data.folder import FolderSource
 from sgmim.data.kitti import KittiSource
@@ -35,6 +34,7 @@ from sgmim.data.transforms import (
     image_to_tensor,
     normalize,
 )
+from sgmim.spec.data import AugmentConfig, DownstreamDataConfig
 
 Task = Literal["depth", "segmentation"]
 SYNTHETIC_SIZE = 192

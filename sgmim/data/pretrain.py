@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sgmim.data.config import PretrainDataConfig, Size
 from sgmim.data.errors import SkipPolicy
 from sgmim.data.image_folder import ImageFolderSource
 from sgmim.data.synthetic import split_seeds
 from sgmim.data.synthetic.source import CachedScenes
 from sgmim.data.transforms import SMOOTH, augment_pair, image_to_tensor, normalize
+from sgmim.spec.data import PretrainDataConfig, Size
 
 MaskFn = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 

@@ -15,7 +15,7 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sgmim.models.config import EncoderConfig
+from sgmim.spec.model import EncoderConfig
 
 
 class MaskedEncoder(nn.Module):

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sgmim.models.config import ModelConfig
 from sgmim.models.encoder import MaskedEncoder
 from sgmim.models.guidance import EXTRACTORS, FusionBlock, visible_tokens
 from sgmim.models.losses import masked_l1, truncated_standardise
 from sgmim.models.masking import MaskGenerator, upsample_mask
+from sgmim.spec.model import ModelConfig
 
 
 @dataclass

@@ -7,7 +7,7 @@ Swin attention (its fp32 mask buffer meets bf16 activations).
 
 from __future__ import annotations
 
-from sgmim.train.config import DeepSpeedConfig, ScheduleConfig
+from sgmim.spec.train import DeepSpeedConfig, ScheduleConfig
 from sgmim.train.distributed import DistEnv
 
 

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from sgmim import rundir
-from sgmim.config import EvalOptions, EvaluateJob, parse_spec
 from sgmim.metrics import DepthMeter, depth_metrics
 from sgmim.metrics.depth import kitti_kb_frame
 from sgmim.metrics.segmentation import ConfusionMatrix
 from sgmim.models.downstream import DownstreamModel, HeadSpec
+from sgmim.spec import EvalOptions, EvaluateJob, parse_spec
 from sgmim.train.checkpoint import atomic_write_json
 from sgmim.train.distributed import DistEnv
 from sgmim.train.metrics import MetricsWriter

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from sgmim import rundir
-from sgmim.config import FinetuneJob
 from sgmim.data import DATASET_INFO, IGNORE_INDEX, build_downstream_dataset
 from sgmim.models.downstream import DEFAULT_CHANNELS, DownstreamModel, HeadSpec
+from sgmim.spec import FinetuneJob
 from sgmim.train.checkpoint import atomic_write_json, write_safetensors
 from sgmim.train.distributed import DistEnv
 from sgmim.train.evaluate import EvalSettings, class_names, curve_fields, eval_record, evaluate

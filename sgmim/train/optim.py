@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sgmim.train.config import OptimConfig
+from sgmim.spec.train import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str],

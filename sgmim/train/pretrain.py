@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from sgmim import rundir
-from sgmim.config import PretrainJob
 from sgmim.data import build_pretrain_dataset
 from sgmim.models import SGMIM
+from sgmim.spec import PretrainJob
 from sgmim.train.checkpoint import write_safetensors
 from sgmim.train.distributed import DistEnv
 from sgmim.train.optim import param_groups

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from sgmim import rundir
-from sgmim.config import AnyJob, SpecError, load_spec
 from sgmim.rundir import TrainerExit
+from sgmim.spec import AnyJob, SpecError, load_spec
 from sgmim.train.checkpoint import atomic_write_text
 from sgmim.train.distributed import DistEnv, init_distributed, read_env
 from sgmim.train.launch import die_with_parent

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sgmim.config import AnyJob
-from sgmim.train.config import DeepSpeedConfig, OptimConfig, ScheduleConfig
+from sgmim.spec import AnyJob
+from sgmim.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
 from sgmim.train.distributed import DistEnv
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sgmim import rundir
-from sgmim.config import SpecError
+from sgmim.spec import SpecError
 
 ENCODER, FINETUNED = "encoder", "finetuned"
 KIND_WORDS = {
@@ -126,7 +126,7 @@ def _read_safetensors(path: Path) -> WeightsFile:
 
 def _read_checkpoint_dir(path: Path) -> WeightsFile:
     """A DeepSpeed tag folder `<run>/checkpoints/global_stepN` of a pretraining run."""
-    from sgmim.config import parse_spec
+    from sgmim.spec import parse_spec
 
     if not (any(path.glob("*model_states.pt")) or any(path.glob("*optim_states.pt"))):
         raise InitError(f"init path {path} is a folder but not a DeepSpeed checkpoint tag "

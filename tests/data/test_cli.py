@@ -10,13 +10,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sgmim.cli import app
-from sgmim.data import (
-    DownstreamDataConfig,
-    PretrainDataConfig,
-    build_downstream_dataset,
-    build_pretrain_dataset,
-)
+from sgmim.data import build_downstream_dataset, build_pretrain_dataset
 from sgmim.models import MaskGenerator
+from sgmim.spec import DownstreamDataConfig, PretrainDataConfig
 
 from .conftest import save_rgb
 

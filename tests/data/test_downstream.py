@@ -11,15 +11,14 @@ import torch
 from sgmim.data import (
     DATASET_INFO,
     IGNORE_INDEX,
-    AugmentConfig,
     DataError,
-    DownstreamDataConfig,
     build_downstream_dataset,
     pad_collate,
     render_scene,
 )
 from sgmim.data.synthetic import split_seeds
 from sgmim.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sgmim.spec import AugmentConfig, DownstreamDataConfig
 
 from .conftest import KITTI_SHAPE, NYU_TEST, NYU_TRAIN, nyu_frame, save_label, save_png16, save_rgb
 

@@ -9,16 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sgmim.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AugmentConfig,
-    DataError,
-    PretrainDataConfig,
-    build_pretrain_dataset,
-)
+from sgmim.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_pretrain_dataset
 from sgmim.data.synthetic import scene as scene_module
 from sgmim.models import MaskGenerator
+from sgmim.spec import AugmentConfig, PretrainDataConfig
 
 from .conftest import save_png16, save_rgb
 

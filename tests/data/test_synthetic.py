@@ -7,9 +7,10 @@ import importlib.resources
 import numpy as np
 import pytest
 
-from sgmim.data import CLASS_NAMES, PseudoDepthConfig, render_scene
+from sgmim.data import CLASS_NAMES, render_scene
 from sgmim.data.synthetic import split_seeds
 from sgmim.data.synthetic.textures import COLOUR_TEXTURES, GREY_TEXTURES
+from sgmim.spec import PseudoDepthConfig
 
 FLOOR, CEILING = CLASS_NAMES.index("floor"), CLASS_NAMES.index("ceiling")
 EXACT = PseudoDepthConfig(blur=0, bias=0, edge_shift=0, noise=0, shift=0, min_range=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgmim.data import IGNORE_INDEX, AugmentConfig
+from sgmim.data import IGNORE_INDEX
 from sgmim.data.transforms import (
     LABEL,
     METRIC_DEPTH,
@@ -16,6 +16,7 @@ from sgmim.data.transforms import (
     photometric,
     random_resized_box,
 )
+from sgmim.spec import AugmentConfig
 
 HEIGHT, WIDTH = 60, 80
 

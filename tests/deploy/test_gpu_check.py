@@ -77,7 +77,7 @@ def test_gpu_check_arguments():
 
 @pytest.mark.parametrize("variant", ["sgmim", "simmim"])
 def test_specs_are_the_papers_setting(variant):
-    from sgmim.config import parse_spec
+    from sgmim.spec import parse_spec
 
     spec = gpu_check.make_spec(variant, steps=300, batch=128, workers=12, num_images=4096,
                                log_every=20, compile_model=False)

@@ -110,7 +110,7 @@ def test_worker_style_parent_two_processes_and_evaluate(pretrained, tmp_path):
 
 
 def test_a_pretraining_checkpoint_folder_is_an_encoder_init(pretrained):
-    from sgmim.config import parse_spec
+    from sgmim.spec import parse_spec
     from sgmim.train.distributed import DistEnv
     from sgmim.train.finetune import FinetuneTask
 

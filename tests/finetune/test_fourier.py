@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from sgmim.analysis.fourier import half_diagonal, log_amplitude
 from sgmim.cli import app
-from sgmim.config import parse_spec
 from sgmim.models import SGMIM
+from sgmim.spec import parse_spec
 from sgmim.train.distributed import DistEnv
 from sgmim.train.pretrain import PretrainTask
 from tests.finetune.conftest import TINY

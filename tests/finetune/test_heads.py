@@ -81,7 +81,7 @@ def test_layer_ids_for_swin_and_vit():
 
 
 def test_layer_decay_scales_the_learning_rate_of_each_group():
-    from sgmim.config import FinetuneConfig
+    from sgmim.spec import FinetuneConfig
     from sgmim.train.finetune import FinetuneTask
 
     model = DownstreamModel(*TINY["swin"], HEADS["glpdepth"])

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from sgmim.config import parse_spec
 from sgmim.models import SGMIM
-from sgmim.models.config import EncoderConfig
 from sgmim.models.downstream import DownstreamModel, HeadSpec
+from sgmim.spec import parse_spec
+from sgmim.spec.model import EncoderConfig
 from sgmim.train.distributed import DistEnv
 from sgmim.train.evaluate import load_finetuned
 from sgmim.train.finetune import FinetuneTask

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgmim.config import EvalOptions, parse_spec
+from sgmim.spec import EvalOptions, parse_spec
 from sgmim.train.distributed import DistEnv
 from sgmim.train.evaluate import EvalSettings, predict
 from sgmim.train.finetune import FinetuneTask, silog_loss

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sgmim.models import EncoderConfig, GuidanceConfig, MaskConfig, ModelConfig
+from sgmim.spec import EncoderConfig, GuidanceConfig, MaskConfig, ModelConfig
 
 # Small variants of each backbone family: same code paths as the paper's models, seconds on CPU.
 TINY_ENCODERS = {

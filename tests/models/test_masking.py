@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from sgmim.models import SGMIM, MaskGenerator, ModelConfig
-from sgmim.models.config import EncoderConfig
+from sgmim.models import SGMIM, MaskGenerator
 from sgmim.models.masking import upsample_mask
+from sgmim.spec import ModelConfig
+from sgmim.spec.model import EncoderConfig
 
 
 def cell_grid(mask: np.ndarray, scale: int) -> np.ndarray:

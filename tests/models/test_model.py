@@ -2,7 +2,8 @@ import pytest
 import timm
 import torch
 
-from sgmim.models import SGMIM, EncoderConfig, GuidanceConfig, ModelConfig
+from sgmim.models import SGMIM
+from sgmim.spec import EncoderConfig, GuidanceConfig, ModelConfig
 from tests.models.conftest import TINY_ENCODERS, fixed_batch, tiny_config
 
 

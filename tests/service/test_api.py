@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from service.openapi import SPEC_EXAMPLES
-from sgmim.config import parse_spec
+from sgmim.spec import parse_spec
 from tests.service.conftest import PRETRAIN, Api
 
 JOBS = "/api/v1/jobs"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sgmim.config import SpecError, apply_overrides, load_spec, parse_spec, read_spec_data
+from sgmim.spec import SpecError, apply_overrides, load_spec, parse_spec, read_spec_data
 
 EXAMPLES = sorted(Path(__file__).parents[2].joinpath("examples", "jobs").glob("*.yaml"))
 

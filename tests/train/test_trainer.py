@@ -156,7 +156,7 @@ def test_dataset_smaller_than_a_step_is_a_clear_error(tmp_path):
 
 
 def test_lr_schedule_shapes():
-    from sgmim.train.config import OptimConfig
+    from sgmim.spec.train import OptimConfig
     from sgmim.train.optim import LRSchedule
 
     cfg = OptimConfig(base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=10)

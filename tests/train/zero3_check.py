@@ -8,8 +8,8 @@ from pathlib import Path
 import deepspeed
 import torch
 
-from sgmim.config import load_spec
 from sgmim.rundir import tag_for
+from sgmim.spec import load_spec
 from sgmim.train.checkpoint import consolidated_state_dict
 from sgmim.train.distributed import init_distributed, read_env
 from sgmim.train.run import make_task, setup_logging

@@ -90,7 +90,7 @@ def env(tmp_path: Path) -> tuple[JobRepo, Settings]:
 
 
 def submit(repo: JobRepo, settings: Settings, spec: dict[str, Any]) -> str:
-    from sgmim.config import parse_spec
+    from sgmim.spec import parse_spec
 
     data = parse_spec(spec).model_dump(mode="json")
     return repo.submit(data, queue="sgmim").job.id
@@ -278,3 +278,20 @@ def test_the_task_does_nothing_for_a_job_that_is_not_queued(env, monkeypatch):
     assert repo.get(cancelled).status == "cancelled" and repo.get(cancelled).attempt == 0
     assert repo.get(running).worker == "other" and repo.get(running).attempt == 1
     assert not settings.run_dir(cancelled).exists() and not settings.run_dir(running).exists()
+
+
+def test_the_stored_spec_is_validated_once_per_attempt(env, monkeypatch):
+    """One validation per process boundary: filling in init_path must not validate again."""
+    import worker.supervisor as supervisor_module
+
+    repo, settings = env
+    pre = succeeded_parent(repo, settings)
+    export = settings.run_dir(pre) / "export" / "encoder.safetensors"
+    export.parent.mkdir(parents=True)
+    export.write_bytes(b"e")
+    calls = []
+    real = supervisor_module.parse_spec
+    monkeypatch.setattr(supervisor_module, "parse_spec", lambda data: calls.append(1) or real(data))
+    spec = Supervisor(repo, settings, "unused", 1).resolve_spec({**FINETUNE, "parent": {"job_id": pre}})
+    assert spec.config.init_path == str(export)
+    assert len(calls) == 1

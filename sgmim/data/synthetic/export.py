@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sgmim.data.config import PseudoDepthConfig
 from sgmim.data.io import write_png, write_png16, write_unit_png16
 from sgmim.data.synthetic.layout import CLASS_NAMES
 from sgmim.data.synthetic.scene import render_scene
 from sgmim.data.synthetic.splits import split_seeds
+from sgmim.spec.data import PseudoDepthConfig
 
 GT_DEPTH_SCALE = 1000.0
 

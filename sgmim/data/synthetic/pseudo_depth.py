@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from sgmim.data.config import PseudoDepthConfig
+from sgmim.spec.data import PseudoDepthConfig
 
 
 def _basis(length: int, cells: int) -> np.ndarray:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgmim.data.config import PseudoDepthConfig
 from sgmim.data.synthetic.geometry import room_exit
 from sgmim.data.synthetic.layout import NUM_ROOM_FACES, ROOM_FACE_CLASSES, Layout, object_hit, sample_layout
 from sgmim.data.synthetic.pseudo_depth import pseudo_depth
 from sgmim.data.synthetic.shading import shade
+from sgmim.spec.data import PseudoDepthConfig
 
 
 @dataclass

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from sgmim.data.cache import SharedCache
-from sgmim.data.config import SyntheticConfig
 from sgmim.data.synthetic.scene import render_scene
+from sgmim.spec.data import SyntheticConfig
 
 # Scene attribute → (channels, dtype) of its per-pixel array; None = a single (H, W) plane.
 SCENE_ARRAYS = {"rgb": (3, np.uint8), "depth": (None, np.float32), "pseudo_depth": (None, np.float32),

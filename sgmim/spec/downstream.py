@@ -1,50 +1,16 @@
-"""The job spec: one pydantic schema shared by the API, the worker, the trainer and the CLI.
-
-A spec is `{kind, name, config, parent, resources, priority, max_restarts}`; `kind` picks the
-schema of `config`. Unknown keys are rejected everywhere and every error names its field path.
-"""
+"""The fine-tuning and evaluation sections of the job spec: the decoder head, how a model is
+evaluated, the fine-tuned encoder, and the `finetune` / `evaluate` configs."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from sgmim.data.config import DownstreamDataConfig, PretrainDataConfig
-from sgmim.models.config import ModelConfig, StrictModel
-from sgmim.train.config import DeepSpeedConfig, OptimConfig, ScheduleConfig
-
-JobKind = Literal["pretrain", "finetune", "evaluate"]
-
-# A child names its parent job; this is the kind the parent must be.
-REQUIRED_PARENT_KIND: dict[str, str] = {"finetune": "pretrain", "evaluate": "finetune"}
-
-
-class ParentRef(StrictModel):
-    job_id: str = Field(min_length=1, max_length=64)
-    checkpoint: str | None = Field(
-        None, max_length=256, description="a checkpoint name of the parent; default: its export")
-
-
-class Resources(StrictModel):
-    gpus: int = Field(1, ge=1, le=64, description="processes per node: GPUs on a GPU box, "
-                                                    "CPU processes on a CPU-only worker")
-    nodes: int = Field(1, ge=1, le=64)
-    gpu_type: str | None = Field(
-        None, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$",
-        description="worker queue for this GPU type (None: the default queue)")
-
-
-class PretrainConfig(StrictModel):
-    model: ModelConfig = ModelConfig()
-    data: PretrainDataConfig = PretrainDataConfig()
-    optim: OptimConfig = OptimConfig()
-    schedule: ScheduleConfig = ScheduleConfig(epochs=100)
-    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
-
+from sgmim.spec.base import FieldError, StrictModel
+from sgmim.spec.data import DownstreamDataConfig
+from sgmim.spec.model import EncoderFields
+from sgmim.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
 
 Task = Literal["depth", "segmentation"]
 HeadKind = Literal["glpdepth", "dpt", "upernet"]
@@ -120,7 +86,7 @@ class EvalOptions(StrictModel):
 InitSource = Literal["parent", "file", "random"]
 
 
-class FinetuneEncoderConfig(StrictModel):
+class FinetuneEncoderConfig(EncoderFields):
     """The encoder of a fine-tuning job: every field left out (None) is the one recorded in the
     init file's metadata. Size changes that keep the weights' shapes are allowed (img_size,
     window_size): position tables are resampled as timm does. With `init: random` timm_name and
@@ -131,44 +97,12 @@ class FinetuneEncoderConfig(StrictModel):
     img_size: int | tuple[int, int] | None = Field(
         None, description="input size, side or (H, W); default: data.crop_size, else the dataset's "
                           "training crop (KITTI 352, NYU (448, 576), ADE20K 512), else the recorded size")
-    patch_size: int | None = Field(None, ge=1, le=64)
-    window_size: int | None = Field(None, ge=1, le=64, description="Swin/SwinV2 only")
-    embed_dim: int | None = Field(None, ge=8, le=4096)
-    depths: list[int] | None = Field(None, min_length=1, max_length=8,
-                                     description="Swin/SwinV2: blocks per stage")
-    depth: int | None = Field(None, ge=1, le=64, description="ViT: number of blocks")
-    num_heads: int | list[int] | None = None
     drop_path_rate: float | None = Field(
         None, ge=0.0, lt=1.0, description="stochastic depth while fine-tuning (default: the recorded rate)")
 
-    @field_validator("img_size")
-    @classmethod
-    def _check_size(cls, value):
-        sides = (value,) if isinstance(value, int) else tuple(value or ())
-        if any(not 16 <= s <= 4096 for s in sides):
-            raise ValueError(f"img_size sides must lie in [16, 4096], got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _check_family(self) -> FinetuneEncoderConfig:
-        name = self.timm_name
-        if name is None:
-            return self
-        if not (name.startswith("swin") or name.startswith("vit_")):
-            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
-        if name.startswith("vit_") and (self.window_size is not None or self.depths is not None):
-            raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
-        if name.startswith("swin") and self.depth is not None:
-            raise ValueError("depth is a ViT field; a Swin takes depths (one per stage)")
-        return self
-
     def overrides(self) -> dict:
         """The fields that are set, as `timm.create_model` keyword arguments (timm_name excluded)."""
-        kwargs = {k: v for k, v in self.model_dump(exclude={"timm_name"}).items() if v is not None}
-        for key in ("depths", "num_heads", "img_size"):
-            if isinstance(kwargs.get(key), list | tuple):
-                kwargs[key] = tuple(kwargs[key])
-        return kwargs
+        return self.size_kwargs()
 
 
 class FinetuneConfig(StrictModel):
@@ -221,14 +155,6 @@ class EvaluateConfig(StrictModel):
         return self
 
 
-class FieldError(ValueError):
-    """Raised by a model validator to name the field a cross-field rule is about."""
-
-    def __init__(self, path: str, message: str):
-        self.path, self.message = path, message
-        super().__init__(message)
-
-
 def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -254,134 +180,3 @@ def _check_task(task: str, head: HeadConfig, data: DownstreamDataConfig, opts: E
         raise FieldError("head.num_classes", "a folder dataset needs head.num_classes")
     if task == "segmentation" and opts.crop in ("garg", "eigen"):
         raise FieldError("eval.crop", f"the {opts.crop} crop is a depth evaluation crop")
-
-
-class JobBase(StrictModel):
-    name: str = Field(min_length=1, max_length=128)
-    parent: ParentRef | None = None
-    resources: Resources = Resources()
-    priority: int = Field(5, ge=0, le=9, description="9 runs first")
-    max_restarts: int = Field(2, ge=0, le=20)
-
-
-class PretrainJob(JobBase):
-    kind: Literal["pretrain"]
-    config: PretrainConfig = PretrainConfig()
-
-    @model_validator(mode="after")
-    def _no_parent(self) -> PretrainJob:
-        if self.parent is not None:
-            raise FieldError("parent", "a pretrain job takes no parent")
-        return self
-
-
-class FinetuneJob(JobBase):
-    kind: Literal["finetune"]
-    config: FinetuneConfig = FinetuneConfig()
-
-    @model_validator(mode="after")
-    def _parent_when_needed(self) -> FinetuneJob:
-        if self.config.init == "parent" and self.parent is None:
-            raise FieldError("parent", "config.init is parent but no parent is given")
-        return self
-
-
-class EvaluateJob(JobBase):
-    kind: Literal["evaluate"]
-    config: EvaluateConfig = EvaluateConfig()
-
-    @model_validator(mode="after")
-    def _parent_when_needed(self) -> EvaluateJob:
-        if self.config.init == "parent" and self.parent is None:
-            raise FieldError("parent", "config.init is parent but no parent is given")
-        return self
-
-
-AnyJob = PretrainJob | FinetuneJob | EvaluateJob
-JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
-_adapter: TypeAdapter[AnyJob] = TypeAdapter(JobSpec)
-
-
-class SpecError(ValueError):
-    """A job spec that does not validate; `errors` are `(field path, message)` pairs."""
-
-    def __init__(self, errors: list[tuple[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
-
-
-def error_path(loc: tuple[Any, ...]) -> str:
-    """pydantic's location without the union tag: ('pretrain', 'config', 'optim', 'base_lr')
-    → 'config.optim.base_lr'."""
-    parts = list(loc)
-    if parts and parts[0] in ("pretrain", "finetune", "evaluate"):
-        parts = parts[1:]
-    return ".".join(str(p) for p in parts)
-
-
-def spec_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    found = []
-    for e in exc.errors():
-        path, msg = error_path(e["loc"]), e["msg"].removeprefix("Value error, ")
-        cause = e.get("ctx", {}).get("error")
-        if isinstance(cause, FieldError):
-            path, msg = ".".join(p for p in (path, cause.path) if p), cause.message
-        elif e["type"].startswith("union_tag"):
-            path = "kind"
-        found.append((path, msg))
-    return found
-
-
-def parse_spec(data: Any) -> AnyJob:
-    """Validate a decoded spec (dict); raises SpecError naming each bad field."""
-    try:
-        return _adapter.validate_python(data)
-    except ValidationError as exc:
-        raise SpecError(spec_errors(exc)) from None
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> AnyJob:
-    """Read a YAML or JSON spec file, apply `--set` overrides, validate."""
-    return parse_spec(apply_overrides(read_spec_data(path), overrides or []))
-
-
-def spec_json_schema() -> dict:
-    return _adapter.json_schema()
-
-
-def dump_spec(spec: AnyJob) -> str:
-    return json.dumps(spec.model_dump(mode="json"), indent=2, sort_keys=True)
-
-
-def apply_overrides(data: dict, assignments: list[str]) -> dict:
-    """`key.path=value` assignments (values parsed as YAML) applied to a decoded spec, e.g.
-    `config.schedule.steps=100` or `config.model.guidance.enabled=false`."""
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        if not sep or not key.strip():
-            raise SpecError([("", f"--set {assignment!r}: expected key.path=value")])
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise SpecError([(key, f"--set {assignment!r}: {part} is not a mapping")])
-            node = child
-        node[leaf] = yaml.safe_load(raw)
-    return data
-
-
-def read_spec_data(path: str | Path) -> dict:
-    """A spec file decoded but not validated (so that overrides can apply first)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError([("", f"cannot read {path}: {exc.strerror}")]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([("", f"{path} is not valid YAML: {exc}")]) from None
-    if not isinstance(data, dict):
-        raise SpecError([("", f"{path} does not hold a mapping (a job spec)")])
-    return data

@@ -1,4 +1,4 @@
-"""Dataset sections of the job spec."""
+"""The dataset sections of the job spec."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sgmim.models.config import StrictModel
+from sgmim.spec.base import StrictModel
 
 Size = int | tuple[int, int]
 

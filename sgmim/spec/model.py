@@ -1,27 +1,77 @@
-"""Model configuration: every architectural choice of docs/method.md is a field here."""
+"""The model section of the job spec: every architectural choice of docs/method.md is a field."""
 
 from __future__ import annotations
 
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from sgmim.spec.base import StrictModel
 
 BackboneFamily = Literal["swin", "swinv2", "vit"]
+_TIMM_FIELDS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "depth", "num_heads",
+                "drop_path_rate")
 
 
-class StrictModel(BaseModel):
-    """Base for every spec model: unknown keys are errors, not silently dropped."""
+def backbone_family(timm_name: str) -> BackboneFamily:
+    if timm_name.startswith("swinv2"):
+        return "swinv2"
+    if timm_name.startswith("swin"):
+        return "swin"
+    return "vit"
 
-    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+class EncoderFields(StrictModel):
+    """A timm Swin / SwinV2 / ViT named by its registry name plus the size fields that change it.
+    Only fields that are set reach `timm.create_model`, so the named model's defaults stand for
+    everything else."""
+
+    timm_name: str | None = Field(None, description="timm model name of a Swin, SwinV2 or ViT model",
+                                  examples=["swin_base_patch4_window7_224", "swinv2_base_window8_256",
+                                            "vit_base_patch16_224"])
+    img_size: int | tuple[int, int] | None = None
+    patch_size: int | None = Field(None, ge=1, le=64)
+    window_size: int | None = Field(None, ge=1, le=64, description="Swin/SwinV2 only")
+    embed_dim: int | None = Field(None, ge=8, le=4096)
+    depths: list[int] | None = Field(None, min_length=1, max_length=8,
+                                     description="Swin/SwinV2: blocks per stage")
+    depth: int | None = Field(None, ge=1, le=64, description="ViT: number of blocks")
+    num_heads: int | list[int] | None = None
+    drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @field_validator("img_size")
+    @classmethod
+    def _check_size(cls, value):
+        sides = (value,) if isinstance(value, int) else tuple(value or ())
+        if any(not 16 <= s <= 4096 for s in sides):
+            raise ValueError(f"img_size sides must lie in [16, 4096], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_family_fields(self):
+        name = self.timm_name
+        if name is None:
+            return self
+        if not (name.startswith("swin") or name.startswith("vit_")):
+            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
+        if backbone_family(name) == "vit" and (self.window_size is not None or self.depths is not None):
+            raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
+        if backbone_family(name) != "vit" and self.depth is not None:
+            raise ValueError("depth is a ViT field; a Swin takes depths (one per stage)")
+        return self
+
+    def size_kwargs(self) -> dict:
+        """The size fields that are set, as `timm.create_model` keyword arguments."""
+        kwargs = {k: getattr(self, k) for k in _TIMM_FIELDS if getattr(self, k) is not None}
+        for key in ("depths", "num_heads", "img_size"):
+            if isinstance(kwargs.get(key), list | tuple):
+                kwargs[key] = tuple(kwargs[key])
+        return kwargs
 
 
-class EncoderConfig(StrictModel):
-    """A timm encoder named by its registry name plus the size fields that change it.
-
-    Only fields that are set are passed to `timm.create_model`, so the timm defaults of the
-    named model stand for everything else.
-    """
+class EncoderConfig(EncoderFields):
+    """The pretraining encoder: a named model at a square input size."""
 
     timm_name: str = Field(
         "swin_base_patch4_window7_224",
@@ -30,22 +80,11 @@ class EncoderConfig(StrictModel):
                   "vit_base_patch16_224"],
     )
     img_size: int = Field(192, ge=16, le=4096)
-    patch_size: int | None = Field(None, ge=1, le=64)
-    window_size: int | None = Field(None, ge=1, le=64, description="Swin/SwinV2 only")
-    embed_dim: int | None = Field(None, ge=8, le=4096)
-    depths: list[int] | None = Field(None, min_length=1, max_length=8,
-                                     description="Swin/SwinV2: blocks per stage")
-    depth: int | None = Field(None, ge=1, le=64, description="ViT: number of blocks")
-    num_heads: int | list[int] | None = None
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
     @property
     def family(self) -> BackboneFamily:
-        if self.timm_name.startswith("swinv2"):
-            return "swinv2"
-        if self.timm_name.startswith("swin"):
-            return "swin"
-        return "vit"
+        return backbone_family(self.timm_name)
 
     @property
     def effective_patch_size(self) -> int:
@@ -59,27 +98,9 @@ class EncoderConfig(StrictModel):
             return 4
         raise ValueError(f"cannot tell the patch size of {self.timm_name!r}; set patch_size")
 
-    @model_validator(mode="after")
-    def _check_family_fields(self) -> EncoderConfig:
-        name = self.timm_name
-        if not (name.startswith("swin") or name.startswith("vit_")):
-            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
-        if self.family == "vit" and (self.window_size is not None or self.depths is not None):
-            raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
-        if self.family != "vit" and self.depth is not None:
-            raise ValueError("depth is a ViT field; a Swin takes depths (one per stage)")
-        return self
-
     def timm_kwargs(self) -> dict:
         """Constructor arguments for `timm.create_model(timm_name, **kwargs)`, head-less."""
-        fields = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "depth",
-                  "num_heads", "drop_path_rate")
-        kwargs = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
-        for key in ("depths", "num_heads"):
-            if isinstance(kwargs.get(key), list):
-                kwargs[key] = tuple(kwargs[key])
-        kwargs["num_classes"] = 0
-        return kwargs
+        return {**self.size_kwargs(), "num_classes": 0}
 
 
 class MaskConfig(StrictModel):

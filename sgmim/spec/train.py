@@ -1,4 +1,4 @@
-"""Optimisation, schedule and DeepSpeed sections of the job spec."""
+"""The optimisation, schedule and DeepSpeed sections of the job spec."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sgmim.models.config import StrictModel
+from sgmim.spec.base import StrictModel
 
 
 class OptimConfig(StrictModel):

@@ -1,0 +1,177 @@
+"""The job spec: `{kind, name, config, parent, resources, priority, max_restarts}`; `kind` picks
+the schema of `config`. Unknown keys are rejected everywhere and every error names its field path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
+
+from sgmim.spec.base import FieldError, StrictModel
+from sgmim.spec.data import PretrainDataConfig
+from sgmim.spec.downstream import EvaluateConfig, FinetuneConfig
+from sgmim.spec.model import ModelConfig
+from sgmim.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
+
+JobKind = Literal["pretrain", "finetune", "evaluate"]
+
+# A child names its parent job; this is the kind the parent must be.
+REQUIRED_PARENT_KIND: dict[str, str] = {"finetune": "pretrain", "evaluate": "finetune"}
+
+
+class ParentRef(StrictModel):
+    job_id: str = Field(min_length=1, max_length=64)
+    checkpoint: str | None = Field(
+        None, max_length=256, description="a checkpoint name of the parent; default: its export")
+
+
+class Resources(StrictModel):
+    gpus: int = Field(1, ge=1, le=64, description="processes per node: GPUs on a GPU box, "
+                                                    "CPU processes on a CPU-only worker")
+    nodes: int = Field(1, ge=1, le=64)
+    gpu_type: str | None = Field(
+        None, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$",
+        description="worker queue for this GPU type (None: the default queue)")
+
+
+class PretrainConfig(StrictModel):
+    model: ModelConfig = ModelConfig()
+    data: PretrainDataConfig = PretrainDataConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig(epochs=100)
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+
+class JobBase(StrictModel):
+    name: str = Field(min_length=1, max_length=128)
+    parent: ParentRef | None = None
+    resources: Resources = Resources()
+    priority: int = Field(5, ge=0, le=9, description="9 runs first")
+    max_restarts: int = Field(2, ge=0, le=20)
+
+
+class PretrainJob(JobBase):
+    kind: Literal["pretrain"]
+    config: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="after")
+    def _no_parent(self) -> PretrainJob:
+        if self.parent is not None:
+            raise FieldError("parent", "a pretrain job takes no parent")
+        return self
+
+
+class FinetuneJob(JobBase):
+    kind: Literal["finetune"]
+    config: FinetuneConfig = FinetuneConfig()
+
+    @model_validator(mode="after")
+    def _parent_when_needed(self) -> FinetuneJob:
+        if self.config.init == "parent" and self.parent is None:
+            raise FieldError("parent", "config.init is parent but no parent is given")
+        return self
+
+
+class EvaluateJob(JobBase):
+    kind: Literal["evaluate"]
+    config: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _parent_when_needed(self) -> EvaluateJob:
+        if self.config.init == "parent" and self.parent is None:
+            raise FieldError("parent", "config.init is parent but no parent is given")
+        return self
+
+
+AnyJob = PretrainJob | FinetuneJob | EvaluateJob
+JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
+_adapter: TypeAdapter[AnyJob] = TypeAdapter(JobSpec)
+
+
+class SpecError(ValueError):
+    """A job spec that does not validate; `errors` are `(field path, message)` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
+
+
+def error_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's location without the union tag: ('pretrain', 'config', 'optim', 'base_lr')
+    → 'config.optim.base_lr'."""
+    parts = list(loc)
+    if parts and parts[0] in ("pretrain", "finetune", "evaluate"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts)
+
+
+def spec_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    found = []
+    for e in exc.errors():
+        path, msg = error_path(e["loc"]), e["msg"].removeprefix("Value error, ")
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            path, msg = ".".join(p for p in (path, cause.path) if p), cause.message
+        elif e["type"].startswith("union_tag"):
+            path = "kind"
+        found.append((path, msg))
+    return found
+
+
+def parse_spec(data: Any) -> AnyJob:
+    """Validate a decoded spec (dict); raises SpecError naming each bad field."""
+    try:
+        return _adapter.validate_python(data)
+    except ValidationError as exc:
+        raise SpecError(spec_errors(exc)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> AnyJob:
+    """Read a YAML or JSON spec file, apply `--set` overrides, validate."""
+    return parse_spec(apply_overrides(read_spec_data(path), overrides or []))
+
+
+def spec_json_schema() -> dict:
+    return _adapter.json_schema()
+
+
+def dump_spec(spec: AnyJob) -> str:
+    return json.dumps(spec.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def apply_overrides(data: dict, assignments: list[str]) -> dict:
+    """`key.path=value` assignments (values parsed as YAML) applied to a decoded spec, e.g.
+    `config.schedule.steps=100` or `config.model.guidance.enabled=false`."""
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise SpecError([("", f"--set {assignment!r}: expected key.path=value")])
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError([(key, f"--set {assignment!r}: {part} is not a mapping")])
+            node = child
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def read_spec_data(path: str | Path) -> dict:
+    """A spec file decoded but not validated (so that overrides can apply first)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([("", f"{path} is not valid YAML: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError([("", f"{path} does not hold a mapping (a job spec)")])
+    return data
