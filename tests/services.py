@@ -20,6 +20,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,15 @@ def _pg_runner() -> dict[str, Any]:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
+def _temp_root(for_others: bool) -> str:
+    """Where the temporary folder goes: the usual place, unless another account must reach it and
+    cannot (TMPDIR in a private folder); then /tmp."""
+    root = tempfile.gettempdir()
+    if for_others and not all(p.stat().st_mode & stat.S_IXOTH for p in (Path(root), *Path(root).parents)):
+        return "/tmp"
+    return root
+
+
 def _runnable_install(package: Path, folder: Path, runner: dict[str, Any]) -> Path:
     """The wheel's pginstall folder, or a copy in `folder` when an unprivileged account runs it:
     that account may not reach into the venv (a clone under /root). The bundled libpq sits beside
@@ -219,7 +229,7 @@ def throwaway_postgres() -> Iterator[str]:
     _throwaway_allowed()
     package = _package_dir("pgserver")
     runner = _pg_runner()
-    folder = Path(tempfile.mkdtemp(prefix="sgmim-test-pg-"))
+    folder = Path(tempfile.mkdtemp(prefix="sgmim-test-pg-", dir=_temp_root(for_others=bool(runner))))
     try:
         install = _runnable_install(package, folder, runner)
         data, log, port = folder / "data", folder / "postgres.log", free_port()
