@@ -5,6 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import services
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_env() -> Iterator[None]:
@@ -16,3 +18,33 @@ def _clean_env() -> Iterator[None]:
         del os.environ[k]
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A Postgres URL whose role may create databases (tests/services.py says which server);
+    the test is skipped, or fails under SGMIM_TEST_REQUIRE_SERVICES=1, when there is none."""
+    try:
+        with services.postgres() as url:
+            yield url
+            return
+    except services.Unavailable as e:
+        why = str(e)
+    services.skip_or_fail("Postgres", services.PG_ENV, why)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[services.RedisServer]:
+    """A Redis server (tests/services.py says which); skipped or failed like `pg_admin_url`."""
+    try:
+        with services.redis_server() as server:
+            yield server
+            return
+    except services.Unavailable as e:
+        why = str(e)
+    services.skip_or_fail("Redis", services.REDIS_ENV, why)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for what, where in services.USED.items():
+        terminalreporter.write_line(f"{what} of the tests: {where}")

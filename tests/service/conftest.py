@@ -1,9 +1,9 @@
 """Fixtures of the service tests.
 
 The API suite runs once per database backend (`backend` is parametrised over "sqlite" and
-"postgres"). Postgres: a fresh database `sgmim_test_<random>` on 127.0.0.1:5432, dropped at
-the end of the session. Redis tests use database 11 of 127.0.0.1:6379, flushed.
-Override with SGMIM_TEST_PG_ADMIN_URL / SGMIM_TEST_REDIS_URL.
+"postgres"). Postgres: a fresh database `sgmim_test_<random>` on the `pg_admin_url` server,
+dropped at the end of the session. Redis tests use database 11 of the `redis_server`, flushed.
+Which servers those are: tests/services.py.
 """
 
 from __future__ import annotations
@@ -30,30 +30,30 @@ from service.db.repo import JobRepo
 from service.main import create_app
 from service.settings import Settings
 
-PG_ADMIN_URL = os.environ.get("SGMIM_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("SGMIM_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_DB = 11
 ROOT = Path(__file__).resolve().parents[2]
 
 PRETRAIN = {"kind": "pretrain", "name": "t", "config": {"schedule": {"epochs": 1}}}
 
 
-def _pg_admin():
+def _pg_admin(admin_url: str):
     import psycopg
 
-    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    return psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
 
 
-def create_pg_database() -> str:
+def create_pg_database(admin_url: str) -> str:
+    """A fresh database on the server of `admin_url` (the `pg_admin_url` fixture); its URL."""
     name = f"sgmim_test_{secrets.token_hex(6)}"
-    with _pg_admin() as conn:
+    with _pg_admin(admin_url) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    base = admin_url.rsplit("/", 1)[0]
     return f"{base}/{name}"
 
 
-def drop_pg_database(url: str) -> None:
+def drop_pg_database(admin_url: str, url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    with _pg_admin() as conn:
+    with _pg_admin(admin_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -69,11 +69,12 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         folder = tmp_path_factory.mktemp("sqlite")
         yield Backend("sqlite", f"sqlite:///{folder / 'sgmim.db'}")
         return
-    url = create_pg_database()
+    admin_url = request.getfixturevalue("pg_admin_url")
+    url = create_pg_database(admin_url)
     try:
         yield Backend("postgres", url)
     finally:
-        drop_pg_database(url)
+        drop_pg_database(admin_url, url)
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:

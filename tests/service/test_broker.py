@@ -1,5 +1,5 @@
-"""Enqueue through a real Redis (database 11, flushed), the Celery app's deliberate settings, and
-the API's behaviour when the broker is down."""
+"""Enqueue through a real Redis (database 11 of the `redis_server`, flushed), the Celery app's
+deliberate settings, and the API's behaviour when the broker is down."""
 
 from __future__ import annotations
 
@@ -13,22 +13,28 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.queue import make_celery, message_priority, queue_for
-from tests.service.conftest import PRETRAIN, REDIS_URL, make_settings
+from tests.service.conftest import PRETRAIN, REDIS_DB, make_settings
+from tests.services import RedisServer
 
 JOBS = "/api/v1/jobs"
 
 
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url(REDIS_DB)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
     client.flushdb()
     client.close()
 
 
-def test_redis_enqueue_priorities_and_queue_depth(tmp_path, redis_client: redis.Redis):
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url=REDIS_URL)
+def test_redis_enqueue_priorities_and_queue_depth(tmp_path, redis_url: str, redis_client: redis.Redis):
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url=redis_url)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.get("/readyz").json()["checks"]["broker"] == "ok"
         low = client.post(JOBS, json={**PRETRAIN, "name": "low", "priority": 0}).json()["id"]

@@ -19,8 +19,9 @@ from service.db.session import Database
 from tests.service.conftest import create_pg_database, drop_pg_database, submit_spec
 
 
-def test_migrations_build_exactly_the_models_and_downgrade(backend, tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}" if backend.name == "sqlite" else create_pg_database()
+def test_migrations_build_exactly_the_models_and_downgrade(backend, tmp_path, request):
+    admin_url = request.getfixturevalue("pg_admin_url") if backend.name == "postgres" else ""
+    url = create_pg_database(admin_url) if admin_url else f"sqlite:///{tmp_path / 'm.db'}"
     db = Database(url)
     try:
         migrate.upgrade(db.engine)
@@ -36,8 +37,8 @@ def test_migrations_build_exactly_the_models_and_downgrade(backend, tmp_path):
             assert db.engine.dialect.has_table(conn, "jobs") is False
     finally:
         db.dispose()
-        if backend.name == "postgres":
-            drop_pg_database(url)
+        if admin_url:
+            drop_pg_database(admin_url, url)
 
 
 def test_job_ids_are_unique_and_time_sortable():

@@ -2,8 +2,8 @@
 
 Stacks (`stack` is module-scoped and parametrised):
 - "embedded": SQLite + the filesystem broker (no server process), as `sgmim serve --with-worker`;
-- "redis": Postgres (a fresh database on 127.0.0.1:5432) + Redis database 12 (flushed), as the
-  compose deployment.
+- "redis": Postgres (a fresh database on the `pg_admin_url` server) + database 12 of the
+  `redis_server` (flushed), as the compose deployment (tests/services.py says which servers).
 Short thresholds make recovery fast: heartbeat 1 s, stale after 6 s, reaper every 1 s.
 The worker runs with concurrency 2 so that a second delivery of a message can be consumed while
 the first one's job runs (the redelivery test); everything else runs one job at a time.
@@ -33,7 +33,7 @@ from tests.service.conftest import stop as stop_uvicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "jobs" / "pretrain-tiny.yaml"
-REDIS_URL = os.environ.get("SGMIM_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/12")
+REDIS_DB = 12  # the service tests use 11
 JOBS = "/api/v1/jobs"
 
 WORKER_ENV = {
@@ -248,17 +248,18 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     folder = tmp_path_factory.mktemp(f"worker-{request.param}")
     hostfile = folder / "hostfile"
     hostfile.write_text("# two 'nodes' on this box\n127.0.0.1 slots=1\n127.0.0.1 slots=1\n")
-    pg_url = None
+    pg_admin_url = pg_url = None
     if request.param == "embedded":
         database_url, broker_url = f"sqlite:///{folder / 'sgmim.db'}", None
     else:
         import redis
 
-        client = redis.Redis.from_url(REDIS_URL)
+        pg_admin_url = request.getfixturevalue("pg_admin_url")
+        broker_url = request.getfixturevalue("redis_server").url(REDIS_DB)
+        client = redis.Redis.from_url(broker_url)
         client.flushdb()
         client.close()
-        pg_url = database_url = create_pg_database()
-        broker_url = REDIS_URL
+        pg_url = database_url = create_pg_database(pg_admin_url)
     settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=broker_url)
     env = clean_env(
         SGMIM_DATA_DIR=str(settings.data_dir),
@@ -279,8 +280,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         st.client.close()
         stop_uvicorn(api)
         db.dispose()
-        if pg_url:
-            drop_pg_database(pg_url)
+        if pg_admin_url and pg_url:
+            drop_pg_database(pg_admin_url, pg_url)
         if broker_url:
             import redis
 
