@@ -18,14 +18,14 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
 def truncated_standardise(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
     """Per-image truncated standardisation (MultiMAE / the SG-MIM authors' code).
 
-    depth: (B, 1, H, W). The lowest and highest `trim` fraction of each image's values are left
-    out of its mean and variance; every pixel is then `(d - mean) / sqrt(var + eps)`.
+    depth: (B, 1, H, W). Each image's sorted values are cut to `[int(trim·n), int((1 - trim)·n))`
+    and their mean and unbiased variance taken, the slice and the variance of the authors'
+    training loop; every pixel is then `(d - mean) / sqrt(var + eps)`.
     """
     flat = depth.flatten(1).float()
     n = flat.shape[1]
-    cut = int(n * trim)
-    kept = flat.sort(dim=1).values[:, cut: n - cut]
+    kept = flat.sort(dim=1).values[:, int(trim * n): int((1 - trim) * n)]
     mean = kept.mean(dim=1)
-    var = kept.var(dim=1, unbiased=False)
+    var = kept.var(dim=1, unbiased=True)
     standardised = (flat - mean[:, None]) / torch.sqrt(var[:, None] + eps)
     return standardised.view_as(depth).to(depth.dtype)

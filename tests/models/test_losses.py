@@ -21,9 +21,17 @@ def test_truncated_standardisation_hand_computation():
     values = np.array([100.0, 1, 2, 3, 4, 5, 6, 7, 8, -50], dtype=np.float32)
     depth = torch.from_numpy(values).view(1, 1, 2, 5)
     kept = np.sort(values)[1:-1]  # 10% of 10 values dropped at each end
-    expected = (values - kept.mean()) / np.sqrt(kept.var() + 1e-6)
+    expected = (values - kept.mean()) / np.sqrt(kept.var(ddof=1) + 1e-6)
     got = truncated_standardise(depth, trim=0.1).flatten().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_truncated_standardisation_uses_the_authors_slice_and_unbiased_variance():
+    # 15 values 0..14, trim 0.1: the authors keep sorted[int(1.5):int(13.5)] = 1..12 (not 1..13);
+    # mean 6.5, unbiased variance of 12 consecutive integers 12·13/12 = 13.
+    values = torch.tensor([14.0, 0, 7, 3, 11, 1, 9, 5, 13, 2, 12, 4, 10, 6, 8])
+    got = truncated_standardise(values.view(1, 1, 3, 5), trim=0.1).flatten()
+    torch.testing.assert_close(got, (values - 6.5) / (13 + 1e-6) ** 0.5)
 
 
 def test_truncated_standardisation_is_per_image():
