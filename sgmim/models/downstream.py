@@ -159,8 +159,10 @@ class DownstreamModel(nn.Module):
 
     def layer_id(self, name: str) -> int:
         """Layer of a parameter for layer-wise LR decay (BEiT/SimMIM): 0 for the patch embedding
-        and position tables, block k (counted over all stages) → k + 1, a Swin downsampling layer
-        with the first block of its stage, everything else (final norm, neck, head) num_layers + 1."""
+        and position tables, block k (counted over all stages) → k + 1, a Swin patch merging with
+        the last block before it, everything else (final norm, neck, head, a shared relative
+        position bias) num_layers + 1. timm merges at the start of a stage, SimMIM's Swin at the
+        end of the previous one, which `get_swin_layer` puts with that stage's last block."""
         if not name.startswith("backbone."):
             return self.num_layers + 1
         parts = name.split(".")[1:]
@@ -174,7 +176,7 @@ class DownstreamModel(nn.Module):
             first = sum(self.depths[:stage])
             if parts[2] == "blocks":
                 return first + int(parts[3]) + 1
-            return first + 1                                 # downsample: with the stage's first block
+            return first                                     # downsample: with the previous block
         return self.num_layers + 1
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
