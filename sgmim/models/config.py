@@ -103,8 +103,12 @@ class GuidanceConfig(StrictModel):
     fusion_heads: int = Field(8, ge=1, le=64)
     fusion_mlp_ratio: float = Field(4.0, gt=0.0, le=16.0)
     position_embedding: bool = Field(
-        True, description="learned absolute position embedding on both fusion streams "
-                          "(the authors' later code)")
+        False, description="one learned absolute position table added to both fusion streams "
+                           "(the authors' later sparse-ResNet code; the paper and its code have none)")
+    attend_visible_only: bool = Field(
+        False, description="fusion keys/values only from structured tokens that see visible depth "
+                           "(the authors' later code); false: from every S_F token, as the paper's "
+                           "code")
 
 
 class LossConfig(StrictModel):

@@ -48,7 +48,7 @@ class SGMIM(nn.Module):
             h, w = self.encoder.out_grid
             self.extractor = EXTRACTORS[g.extractor](self.encoder)
             self.fusion = FusionBlock(dim, g.fusion_heads, g.fusion_mlp_ratio, h * w,
-                                      g.position_embedding)
+                                      g.position_embedding, g.attend_visible_only)
             self.struct_head = pixel_shuffle_head(dim, stride, 1)
 
     def mask_generator(self) -> MaskGenerator:
@@ -80,7 +80,7 @@ class SGMIM(nn.Module):
 
     def no_weight_decay_names(self) -> set[str]:
         """Parameter names exempt from weight decay: norms, biases, position tables, mask token."""
-        keywords = ("mask_token", "pos_embed", "pos_image", "pos_struct", "cls_token",
+        keywords = ("mask_token", "pos_embed", "cls_token",
                     "relative_position_bias_table", "absolute_pos_embed", "logit_scale", "cpb_mlp")
         return {n for n, p in self.named_parameters()
                 if p.ndim <= 1 or any(k in n for k in keywords)}

@@ -64,13 +64,63 @@ def test_simmim_swin_b_192_parameter_count():
 
 # SG-MIM parameters on top of SimMIM for Swin-B/192 (the README's table).
 @pytest.mark.parametrize(("extractor", "extra_millions"), [
-    ("mlp", 16.48), ("transformer", 100.44), ("siamese", 13.72),
+    ("mlp", 16.41), ("transformer", 100.37), ("siamese", 13.65),
 ])
 def test_guidance_extras_per_extractor(extractor, extra_millions):
     with torch.device("meta"):
         simmim = SGMIM(ModelConfig(guidance=GuidanceConfig(enabled=False)))
         sgmim = SGMIM(ModelConfig(guidance=GuidanceConfig(extractor=extractor)))
     assert (count(sgmim) - count(simmim)) / 1e6 == pytest.approx(extra_millions, abs=0.01)
+
+
+def test_mlp_extras_equal_the_paper_era_authors_code():
+    # The authors' first commit (MLP extractor): depth patch embedding 1→128 (k4) + LayerNorm,
+    # three patch mergings (LN 4C + Linear 4C→2C, no bias) 128→1024, the fusion block at 1024
+    # (q, k, v without bias, proj, three LayerNorms, MLP ×4) and the 1×1 conv depth decoder.
+    embed = (16 * 128 + 128) + 2 * 128
+    merges = sum(2 * 4 * c + 4 * c * 2 * c for c in (128, 256, 512))
+    fusion = (3 * 1024 * 1024 + (1024 * 1024 + 1024) + 3 * 2 * 1024
+              + (1024 * 4096 + 4096) + (4096 * 1024 + 1024))
+    decoder = 1024 * 32 * 32 + 32 * 32
+    with torch.device("meta"):
+        simmim = SGMIM(ModelConfig(guidance=GuidanceConfig(enabled=False)))
+        sgmim = SGMIM(ModelConfig())
+        later = SGMIM(ModelConfig(guidance=GuidanceConfig(position_embedding=True)))
+    assert count(sgmim) - count(simmim) == embed + merges + fusion + decoder == 16_406_912
+    # the later code's one position table, (1, 36, 1024), shared by both streams
+    assert count(later) - count(sgmim) == 36 * 1024
+
+
+def test_fusion_defaults_follow_the_paper_era_code():
+    g = GuidanceConfig()
+    assert (g.position_embedding, g.attend_visible_only) == (False, False)
+    assert SGMIM(tiny_config()).fusion.pos_embed is None
+
+
+@pytest.mark.parametrize("visible_only", [False, True])
+def test_fusion_attends_to_masked_structured_tokens_unless_asked_not_to(visible_only):
+    config = tiny_config()
+    config.guidance.attend_visible_only = visible_only
+    fusion = SGMIM(config).fusion.eval()
+    g = torch.Generator().manual_seed(0)
+    image_feat, struct_feat = torch.randn(1, 4, 256, generator=g), torch.randn(1, 4, 256, generator=g)
+    visible = torch.tensor([[True, True, False, True]])
+    changed = struct_feat.clone()
+    changed[0, 2] = 3 * torch.randn(256, generator=g)    # a token that sees no depth
+    with torch.no_grad():
+        before, after = fusion(image_feat, struct_feat, visible), fusion(image_feat, changed, visible)
+    if visible_only:
+        torch.testing.assert_close(after, before)
+    else:
+        assert (after - before).abs().amax() > 1e-3
+
+
+def test_later_fusion_options_train_every_parameter():
+    config = tiny_config()
+    config.guidance.position_embedding = config.guidance.attend_visible_only = True
+    model = SGMIM(config)
+    model(*fixed_batch(model)).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 @pytest.mark.parametrize("family", sorted(TINY_ENCODERS))
@@ -101,9 +151,11 @@ def test_mask_token_replaces_masked_patches():
 
 
 def test_no_weight_decay_names():
-    model = SGMIM(tiny_config())
+    config = tiny_config()
+    config.guidance.position_embedding = True
+    model = SGMIM(config)
     names = model.no_weight_decay_names()
-    assert "encoder.mask_token" in names and "fusion.pos_image" in names
+    assert "encoder.mask_token" in names and "fusion.pos_embed" in names
     assert any("relative_position_bias_table" in n for n in names)
     assert "image_head.0.weight" not in names and "fusion.q.weight" not in names
 
