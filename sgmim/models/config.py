@@ -111,12 +111,28 @@ class GuidanceConfig(StrictModel):
                            "code")
 
 
+class NormTargetConfig(StrictModel):
+    """SimMIM's normalised pixel target (`NORM_TARGET`, on in its SwinV2 configs): each pixel of
+    the image target standardised by the mean and variance of its `patch_size`² neighbourhood."""
+
+    enabled: bool = False
+    patch_size: int = Field(47, ge=3, le=255, description="odd window side (SimMIM: 47)")
+
+    @model_validator(mode="after")
+    def _odd(self) -> NormTargetConfig:
+        if self.patch_size % 2 == 0:
+            raise ValueError(f"patch_size {self.patch_size} must be odd (a window centred on each pixel)")
+        return self
+
+
 class LossConfig(StrictModel):
     lambda_image: float = Field(1.0, ge=0.0)
     lambda_struct: float = Field(1.0, ge=0.0)
     depth_trim: float = Field(
         0.1, ge=0.0, lt=0.5,
         description="fraction dropped at each end before standardising the depth target")
+    norm_target: NormTargetConfig = Field(
+        NormTargetConfig(), description="normalise the image reconstruction target locally (any backbone)")
 
 
 class ModelConfig(StrictModel):

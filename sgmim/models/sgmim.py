@@ -17,7 +17,7 @@ from torch import nn
 from sgmim.models.config import ModelConfig
 from sgmim.models.encoder import MaskedEncoder
 from sgmim.models.guidance import EXTRACTORS, FusionBlock, visible_tokens
-from sgmim.models.losses import masked_l1, truncated_standardise
+from sgmim.models.losses import local_normalise, masked_l1, truncated_standardise
 from sgmim.models.masking import MaskGenerator, upsample_mask
 
 
@@ -26,7 +26,8 @@ class SGMIMOutput:
     loss: torch.Tensor
     loss_image: torch.Tensor
     loss_struct: torch.Tensor | None
-    pred_image: torch.Tensor            # (B, 3, H, W), normalised-pixel space
+    pred_image: torch.Tensor            # (B, 3, H, W), the image target's space (normalised
+                                        # pixels, locally normalised with loss.norm_target)
     pred_struct: torch.Tensor | None    # (B, 1, H, W), standardised-depth space
 
 
@@ -63,7 +64,10 @@ class SGMIM(nn.Module):
         lam, patch = self.config.loss, self.encoder.patch_size
         image_feat = self.encoder(image, image_mask)                      # I_F: (B, C, h', w')
         pred_image = self.image_head(image_feat)                          # (B, 3, H, W)
-        loss_image = masked_l1(pred_image, image, upsample_mask(image_mask, patch).to(image.dtype))
+        target_image = image
+        if lam.norm_target.enabled:
+            target_image = local_normalise(image, lam.norm_target.patch_size)
+        loss_image = masked_l1(pred_image, target_image, upsample_mask(image_mask, patch).to(image.dtype))
         if not self.guided:
             return SGMIMOutput(lam.lambda_image * loss_image, loss_image, None, pred_image, None)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sgmim.models import SGMIM
-from sgmim.models.losses import masked_l1, truncated_standardise
+from sgmim.models.losses import local_normalise, masked_l1, truncated_standardise
 from sgmim.models.masking import upsample_mask
 from tests.models.conftest import fixed_batch, tiny_config
 
@@ -82,3 +82,48 @@ def test_total_loss_weights():
     with torch.no_grad():
         out = model(*fixed_batch(model))
     torch.testing.assert_close(out.loss, 0.5 * out.loss_image + 2.0 * out.loss_struct)
+
+
+def test_normalised_target_hand_computation():
+    # 0..8 in a 3 × 3 image, window 3: each pixel against the pixels of its window inside the
+    # image, unbiased variance. Corner (0, 0): {0, 1, 3, 4}, mean 2, variance 10/3; edge (0, 1):
+    # {0, 1, 2, 3, 4, 5}, mean 2.5, variance 17.5/5 = 3.5; edge (1, 0): {0, 1, 3, 4, 6, 7}, mean
+    # 3.5, variance 37.5/5 = 7.5; centre: all nine, mean 4, variance 60/8 = 7.5.
+    image = torch.arange(9, dtype=torch.float32).view(1, 1, 3, 3)
+    c, e, f = (10 / 3 + 1e-6) ** 0.5, (3.5 + 1e-6) ** 0.5, (7.5 + 1e-6) ** 0.5
+    expected = torch.tensor([[(0 - 2) / c, (1 - 2.5) / e, (2 - 3) / c],
+                             [(3 - 3.5) / f, 0.0, (5 - 4.5) / f],
+                             [(6 - 5) / c, (7 - 5.5) / e, (8 - 6) / c]])
+    torch.testing.assert_close(local_normalise(image, 3)[0, 0], expected)
+
+
+def test_normalised_target_is_per_channel_and_flat_regions_stay_finite():
+    image = torch.zeros(1, 2, 5, 5)
+    image[0, 1] = torch.arange(25.0).view(5, 5)
+    out = local_normalise(image, 3)
+    assert torch.equal(out[0, 0], torch.zeros(5, 5))            # constant: (x - mean) = 0, var 0
+    torch.testing.assert_close(out[:, 1:], local_normalise(image[:, 1:], 3))
+
+
+@pytest.mark.parametrize("family", ["swin", "vit"])
+def test_norm_target_option_changes_only_the_image_target(family):
+    config = tiny_config(family)
+    config.loss.norm_target.enabled, config.loss.norm_target.patch_size = True, 5
+    model = SGMIM(config).eval()
+    image, depth, image_mask, struct_mask = fixed_batch(model)
+    with torch.no_grad():
+        out = model(image, depth, image_mask, struct_mask)
+    mask = upsample_mask(image_mask, model.encoder.patch_size).float()
+    torch.testing.assert_close(out.loss_image, masked_l1(out.pred_image, local_normalise(image, 5), mask))
+    assert not torch.allclose(out.loss_image, masked_l1(out.pred_image, image, mask))
+    assert out.loss_struct is not None and torch.isfinite(out.loss_struct)
+
+
+def test_norm_target_window_must_be_odd():
+    from pydantic import ValidationError
+
+    from sgmim.models.config import NormTargetConfig
+
+    assert NormTargetConfig().patch_size == 47 and not NormTargetConfig().enabled
+    with pytest.raises(ValidationError, match="must be odd"):
+        NormTargetConfig(enabled=True, patch_size=48)
