@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from sgmim.data.config import DownstreamDataConfig, PretrainDataConfig
-from sgmim.models.config import ModelConfig, StrictModel
+from sgmim.models.config import SUPPORTED_PREFIXES, ModelConfig, StrictModel
 from sgmim.train.config import DeepSpeedConfig, OptimConfig, ScheduleConfig
 
 JobKind = Literal["pretrain", "finetune", "evaluate"]
@@ -154,9 +154,9 @@ class FinetuneEncoderConfig(StrictModel):
         name = self.timm_name
         if name is None:
             return self
-        if not (name.startswith("swin") or name.startswith("vit_")):
-            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
-        if name.startswith("vit_") and (self.window_size is not None or self.depths is not None):
+        if not name.startswith(SUPPORTED_PREFIXES):
+            raise ValueError(f"timm_name {name!r}: only swin*, swinv2*, vit_* and beit* models are supported")
+        if not name.startswith("swin") and (self.window_size is not None or self.depths is not None):
             raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
         if name.startswith("swin") and self.depth is not None:
             raise ValueError("depth is a ViT field; a Swin takes depths (one per stage)")

@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BackboneFamily = Literal["swin", "swinv2", "vit"]
 
+# SimMIM's ViT (its config.py MODEL.VIT and the ViT-B pretraining config): no absolute position
+# embedding, one relative position bias shared by all blocks, LayerScale initialised at 0.1 and
+# the final LayerNorm on the tokens (no pooling norm). timm's BEiT builds exactly that, so these
+# keyword arguments are added to every `beit*` name and travel in the export's metadata.
+SIMMIM_VIT_LAYOUT = {"use_abs_pos_emb": False, "use_rel_pos_bias": False,
+                     "use_shared_rel_pos_bias": True, "init_values": 0.1, "use_fc_norm": False}
+SUPPORTED_PREFIXES = ("swin", "vit_", "beit")
+
+
+def layout_kwargs(timm_name: str) -> dict:
+    """The constructor arguments a name always gets: SimMIM's ViT layout for `beit*`."""
+    return dict(SIMMIM_VIT_LAYOUT) if timm_name.startswith("beit") else {}
+
 
 class StrictModel(BaseModel):
     """Base for every spec model: unknown keys are errors, not silently dropped."""
@@ -25,9 +38,10 @@ class EncoderConfig(StrictModel):
 
     timm_name: str = Field(
         "swin_base_patch4_window7_224",
-        description="timm model name of a Swin, SwinV2 or ViT model",
+        description="timm model name of a Swin, SwinV2 or ViT model; beit_* is SimMIM's ViT (shared "
+                    "relative position bias, no absolute position embedding, LayerScale 0.1)",
         examples=["swin_base_patch4_window7_224", "swinv2_base_window8_256",
-                  "vit_base_patch16_224"],
+                  "beit_base_patch16_224", "vit_base_patch16_224"],
     )
     img_size: int = Field(192, ge=16, le=4096)
     patch_size: int | None = Field(None, ge=1, le=64)
@@ -62,8 +76,8 @@ class EncoderConfig(StrictModel):
     @model_validator(mode="after")
     def _check_family_fields(self) -> EncoderConfig:
         name = self.timm_name
-        if not (name.startswith("swin") or name.startswith("vit_")):
-            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
+        if not name.startswith(SUPPORTED_PREFIXES):
+            raise ValueError(f"timm_name {name!r}: only swin*, swinv2*, vit_* and beit* models are supported")
         if self.family == "vit" and (self.window_size is not None or self.depths is not None):
             raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
         if self.family != "vit" and self.depth is not None:
@@ -74,7 +88,8 @@ class EncoderConfig(StrictModel):
         """Constructor arguments for `timm.create_model(timm_name, **kwargs)`, head-less."""
         fields = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "depth",
                   "num_heads", "drop_path_rate")
-        kwargs = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+        kwargs = layout_kwargs(self.timm_name)
+        kwargs.update({k: getattr(self, k) for k in fields if getattr(self, k) is not None})
         for key in ("depths", "num_heads"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from sgmim.models.encoder import BACKBONES, VIT_BACKBONES
 from sgmim.models.heads import DPTHead, FCNHead, GLPDepthHead, SwinPyramid, UperNetHead, ViTPyramid
 
 DEFAULT_CHANNELS = {"dpt": 256, "upernet": 512}
@@ -59,7 +58,7 @@ def create_backbone(timm_name: str, timm_kwargs: dict) -> nn.Module:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     net = timm.create_model(timm_name, pretrained=False, **kwargs)
-    if not isinstance(net, SwinTransformer | SwinTransformerV2 | VisionTransformer):
+    if not isinstance(net, BACKBONES):
         raise ValueError(f"{timm_name!r} is a {type(net).__name__}, not a Swin, SwinV2 or ViT")
     return net
 
@@ -75,7 +74,7 @@ class DownstreamModel(nn.Module):
         self.timm_name, self.timm_kwargs, self.spec = timm_name, dict(timm_kwargs), head
         self.backbone = create_backbone(timm_name, timm_kwargs)
         net = self.backbone
-        self.is_vit = isinstance(net, VisionTransformer)
+        self.is_vit = isinstance(net, VIT_BACKBONES)
         self.patch = net.patch_embed.patch_size[0]
         self.input_size: tuple[int, int] = tuple(net.patch_embed.img_size)
         self.family = "vit" if self.is_vit else ("swinv2" if isinstance(net, SwinTransformerV2) else "swin")

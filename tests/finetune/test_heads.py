@@ -78,6 +78,12 @@ def test_layer_ids_for_swin_and_vit():
     assert vids["backbone.pos_embed"] == 0 and vids["backbone.cls_token"] == 0
     assert vids["backbone.blocks.0.attn.qkv.weight"] == 1 and vids["backbone.blocks.1.mlp.fc2.bias"] == 2
     assert vids["backbone.norm.weight"] == 3 and vids["head.project.0.weight"] == 3
+    # SimMIM's ViT: `get_vit_layer` puts the shared relative position bias with the top layer
+    simmim_vit = DownstreamModel(*TINY["simmim_vit"], HEADS["dpt"])
+    sids = {n: simmim_vit.layer_id(n) for n, _ in simmim_vit.named_parameters()}
+    assert sids["backbone.cls_token"] == sids["backbone.patch_embed.proj.weight"] == 0
+    assert sids["backbone.blocks.1.gamma_2"] == 2
+    assert sids["backbone.rel_pos_bias.relative_position_bias_table"] == 3
 
 
 def simmim_swin_layer(name: str, depths: list[int]) -> int:

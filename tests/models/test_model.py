@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import timm
 import torch
@@ -48,6 +50,8 @@ def test_output_shapes_are_derived_from_the_encoder(family):
                                        window_size=12)), (1024, 6, 6)),
     (ModelConfig(encoder=EncoderConfig(timm_name="vit_base_patch16_224", img_size=224)),
      (768, 14, 14)),
+    (ModelConfig(encoder=EncoderConfig(timm_name="beit_base_patch16_224", img_size=224)),
+     (768, 14, 14)),
 ])
 def test_paper_backbones_output_grid(config, out_shape):
     with torch.device("meta"):
@@ -60,6 +64,38 @@ def test_simmim_swin_b_192_parameter_count():
         simmim = SGMIM(ModelConfig(guidance=GuidanceConfig(enabled=False)))
     assert count(simmim) / 1e6 == pytest.approx(89.87, abs=0.05)
     assert not hasattr(simmim, "extractor") and not hasattr(simmim, "fusion")
+
+
+def test_simmim_vit_b_224_parameter_count():
+    # SimMIM's "number of params" for its ViT-B pretraining model (main_simmim.py counts the
+    # whole model: encoder with mask token, plus the 1×1 conv decoder) is 86,256,720:
+    # patch embedding 768·3·16² + 768, class token 768, shared relative position bias
+    # (27² + 3) · 12, 12 blocks of 7,088,640 (norms, qkv without bias + q/v biases, proj, MLP,
+    # two LayerScales), final LayerNorm, mask token 768, decoder 768·768 + 768.
+    block = 2 * 768 + 768 * 2304 + 2 * 768 + (768 * 768 + 768) + 2 * 768 \
+        + (768 * 3072 + 3072) + (3072 * 768 + 768) + 2 * 768
+    expected = (768 * 3 * 256 + 768) + 768 + 732 * 12 + 12 * block + 2 * 768 + 768 + (768 * 768 + 768)
+    with torch.device("meta"):
+        simmim = SGMIM(ModelConfig(encoder=EncoderConfig(timm_name="beit_base_patch16_224", img_size=224),
+                                   guidance=GuidanceConfig(enabled=False)))
+    assert count(simmim) == expected == 86_256_720                       # 86.26 M
+    assert count(simmim.encoder.backbone) == 85_665_360                  # no mask token, no decoder
+
+
+def test_simmim_vit_has_simmims_layout():
+    model = SGMIM(tiny_config("simmim_vit"))
+    net = model.encoder.backbone
+    assert net.pos_embed is None                                          # no absolute position embedding
+    grid = model.encoder.grid_size
+    table = net.rel_pos_bias.relative_position_bias_table                 # one bias for all blocks
+    assert table.shape == ((2 * grid[0] - 1) * (2 * grid[1] - 1) + 3, 2)
+    assert all(block.attn.relative_position_bias_table is None for block in net.blocks)
+    for block in net.blocks:                                              # LayerScale initialised at 0.1
+        assert torch.equal(block.gamma_1, torch.full_like(block.gamma_1, 0.1))
+        assert torch.equal(block.gamma_2, torch.full_like(block.gamma_2, 0.1))
+    assert isinstance(net.norm, torch.nn.LayerNorm) and net.norm.eps == 1e-6
+    assert isinstance(net.fc_norm, torch.nn.Identity)
+    assert model.encoder.is_vit and model.encoder.out_stride == 16
 
 
 # SG-MIM parameters on top of SimMIM for Swin-B/192 (the README's table).
@@ -126,14 +162,16 @@ def test_later_fusion_options_train_every_parameter():
 @pytest.mark.parametrize("family", sorted(TINY_ENCODERS))
 def test_exported_encoder_loads_strictly_into_timm(family):
     model = SGMIM(tiny_config(family)).eval()
-    name, kwargs = model.timm_spec()
-    plain = timm.create_model(name, pretrained=False, **kwargs).eval()
+    # what the export's metadata holds, read back as a user would
+    meta = {"timm_model": model.config.encoder.timm_name,
+            "timm_kwargs": json.dumps(model.config.encoder.timm_kwargs())}
+    plain = timm.create_model(meta["timm_model"], **json.loads(meta["timm_kwargs"])).eval()
     plain.load_state_dict(model.encoder_state_dict(), strict=True)
     image = fixed_batch(model)[0]
     with torch.no_grad():
         ours = model.encoder(image, None)
         theirs = plain.forward_features(image)
-    if family == "vit":
+    if family in ("vit", "simmim_vit"):
         theirs = theirs[:, plain.num_prefix_tokens:].transpose(1, 2).reshape(ours.shape)
     else:
         theirs = theirs.permute(0, 3, 1, 2)

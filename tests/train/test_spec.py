@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from sgmim.config import SpecError, apply_overrides, load_spec, parse_spec, read_spec_data
+from sgmim.models.config import SIMMIM_VIT_LAYOUT
 
 EXAMPLES = sorted(Path(__file__).parents[2].joinpath("examples", "jobs").glob("*.yaml"))
 
@@ -33,6 +34,7 @@ def test_paper_pretraining_specs_follow_the_authors_recipes():
     vit = example("pretrain-vit-base-800ep.yaml").config
     assert vit.optim.warmup_lr == 5e-7 and vit.model.encoder.drop_path_rate == 0.1
     assert not vit.model.loss.norm_target.enabled
+    assert vit.model.encoder.timm_kwargs() | SIMMIM_VIT_LAYOUT == vit.model.encoder.timm_kwargs()
     swin = example("pretrain-swin-base-100ep.yaml").config
     assert swin.optim.warmup_lr == 1e-6 and swin.model.encoder.drop_path_rate == 0.0
     assert not swin.model.loss.norm_target.enabled and swin.optim.schedule == "cosine"

@@ -172,6 +172,35 @@ def test_lr_schedule_shapes():
     assert step(699) == pytest.approx(2e-4) and step(700) == pytest.approx(2e-5)
 
 
+def test_simmim_vit_export_and_finetune_load_from_the_metadata(tmp_path):
+    """SimMIM's ViT (BEiT layout) exported by a pretrain job: plain timm builds it from the
+    metadata alone and loads it strictly; a fine-tuning backbone of another size takes it too."""
+    import yaml
+
+    from sgmim.config import parse_spec
+    from sgmim.models.downstream import create_backbone
+    from sgmim.train.distributed import DistEnv
+    from sgmim.train.pretrain import ENCODER_PREFIX, PretrainTask
+    from sgmim.train.weights import load_encoder, read_weights
+
+    data = yaml.safe_load(tiny_spec(tmp_path).read_text())
+    data["config"]["model"]["encoder"] = {"timm_name": "beit_base_patch16_224", "img_size": 64,
+                                          "embed_dim": 64, "depth": 2, "num_heads": 2}
+    task = PretrainTask(parse_spec(data), DistEnv(0, 1, 0, torch.device("cpu")))
+    model = task.build_model()
+    task.export({ENCODER_PREFIX + k: v for k, v in model.encoder_state_dict().items()}, tmp_path, step=3)
+    path = tmp_path / "export" / "encoder.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    plain = timm.create_model(meta["timm_model"], **json.loads(meta["timm_kwargs"]))
+    plain.load_state_dict(load_file(str(path)), strict=True)
+    assert plain.pos_embed is None and plain.rel_pos_bias is not None
+    found = read_weights(path, "encoder")
+    wider = create_backbone(found.timm_name, {**found.timm_kwargs, "img_size": (96, 128)})
+    load_encoder(wider, found.load(), path, "beit 96x128")
+    assert wider.rel_pos_bias.relative_position_bias_table.shape == ((2 * 6 - 1) * (2 * 8 - 1) + 3, 2)
+
+
 def simmim_cosine_lr(t: int, base: float, warmup_init: float, lr_min: float, warmup_t: int,
                      t_initial: int) -> float:
     """SimMIM's LR at update t: timm's CosineLRScheduler(t_initial, lr_min, warmup_lr_init,
