@@ -23,6 +23,22 @@ BACKBONES = (SwinTransformer, SwinTransformerV2, VisionTransformer, Beit)
 VIT_BACKBONES = (VisionTransformer, Beit)
 
 
+def simmim_vit_init(net: Beit) -> None:
+    """SimMIM's ViT initialisation: every Linear and the patch embedding trunc-normal(0.02) cut
+    at one standard deviation (its `_trunc_normal_` override, a = -std, b = std), biases zero,
+    the class token likewise; then BEiT's depth rescaling of each block's output projections."""
+    def cut_normal(tensor: torch.Tensor) -> None:
+        trunc_normal_(tensor, std=0.02, a=-0.02, b=0.02)
+
+    for module in [*net.modules()]:
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            cut_normal(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    cut_normal(net.cls_token)
+    net.fix_init_weight()
+
+
 class MaskedEncoder(nn.Module):
     def __init__(self, config: EncoderConfig, in_chans: int = 3):
         super().__init__()
@@ -35,16 +51,17 @@ class MaskedEncoder(nn.Module):
             raise ValueError(f"{config.timm_name!r} is a {type(self.backbone).__name__}, "
                              "not a Swin, SwinV2 or ViT")
         self.is_vit = isinstance(self.backbone, VIT_BACKBONES)
-        if isinstance(self.backbone, Beit):  # SimMIM initialises its patch embedding like a Linear
-            trunc_normal_(self.backbone.patch_embed.proj.weight, std=0.02)
-            nn.init.zeros_(self.backbone.patch_embed.proj.bias)
+        simmim_vit = isinstance(self.backbone, Beit)
+        if simmim_vit:
+            simmim_vit_init(self.backbone)
         self.embed_dim = self.backbone.patch_embed.proj.out_channels
         self.patch_size = self.backbone.patch_embed.patch_size[0]
         self.grid_size = tuple(self.backbone.patch_embed.grid_size)
         self.out_dim = self.backbone.num_features
         self.out_stride = self.patch_size * (1 if self.is_vit else 2 ** (len(self.backbone.layers) - 1))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, self.embed_dim))
-        trunc_normal_(self.mask_token, std=0.02)
+        bound = 0.02 if simmim_vit else 2.0     # SimMIM's ViT: cut at one std; its Swin: at ±2
+        trunc_normal_(self.mask_token, std=0.02, a=-bound, b=bound)
 
     @property
     def out_grid(self) -> tuple[int, int]:

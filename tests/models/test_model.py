@@ -96,6 +96,16 @@ def test_simmim_vit_has_simmims_layout():
     assert isinstance(net.norm, torch.nn.LayerNorm) and net.norm.eps == 1e-6
     assert isinstance(net.fc_norm, torch.nn.Identity)
     assert model.encoder.is_vit and model.encoder.out_stride == 16
+    # SimMIM's initialisation (its ViT's `_trunc_normal_`, a = -std, b = std): mask token, class
+    # token, patch embedding and every Linear within ±0.02, the output projections of block k
+    # then divided by sqrt(2k); biases zero.
+    assert model.encoder.mask_token.abs().max() <= 0.02 and net.cls_token.abs().max() <= 0.02
+    assert net.patch_embed.proj.weight.abs().max() <= 0.02 and not net.patch_embed.proj.bias.any()
+    for k, block in enumerate(net.blocks, 1):
+        assert block.attn.qkv.weight.abs().max() <= 0.02 and block.mlp.fc1.weight.abs().max() <= 0.02
+        assert block.attn.proj.weight.abs().max() <= 0.02 / (2 * k) ** 0.5
+        assert block.mlp.fc2.weight.abs().max() <= 0.02 / (2 * k) ** 0.5
+        assert block.attn.proj.weight.abs().max() > 0.9 * 0.02 / (2 * k) ** 0.5
 
 
 # SG-MIM parameters on top of SimMIM for Swin-B/192 (the README's table).
