@@ -67,12 +67,11 @@ def load_encoder(path: Path, label: str | None = None) -> LoadedEncoder:
 
 def stage_features(backbone: torch.nn.Module, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """(name, (B, C, h, w)) for each Swin stage or four evenly spaced ViT blocks."""
-    from timm.models.vision_transformer import VisionTransformer
-
     from sgmim.models.downstream import default_vit_taps
+    from sgmim.models.encoder import VIT_BACKBONES
 
     with torch.no_grad():
-        if isinstance(backbone, VisionTransformer):
+        if isinstance(backbone, VIT_BACKBONES):
             taps = sorted(set(default_vit_taps(len(backbone.blocks))))
             feats = backbone.forward_intermediates(images, indices=taps, intermediates_only=True)
             return [(f"block {i + 1}", f) for i, f in zip(taps, feats, strict=True)]

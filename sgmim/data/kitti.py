@@ -3,7 +3,8 @@
 Ground truth is the 16-bit PNG of KITTI's depth benchmark: value / 256 = metres, 0 = no
 measurement. Every image is first cut to the Kerl/Bergmann ("KB") crop, the bottom 352 rows
 and the centred 1216 columns, which is where the LiDAR ground truth lives (BTS does this in
-training and evaluation).
+training and evaluation). The Garg / Eigen evaluation crops are then taken as fractions of
+this 352 × 1216 map whatever the frame size, as GLPDepth does (`sgmim.metrics.depth`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Monocular depth metrics as BTS and GLPDepth compute them (docs/method.md "Metrics").
 
 Per image: the valid pixels are `min_depth < gt < max_depth`, intersected with the Garg or
-Eigen crop when asked; the prediction is clamped to [min_depth, max_depth] (non-finite values
-to the nearest end) before the metrics are taken over the valid pixels. Images are then
-averaged with equal weight; an image without a valid pixel is left out (and counted).
+Eigen crop when asked (KITTI: the fractions applied to the 352 × 1216 KB-cropped map, as
+GLPDepth's evaluation does, which the paper's KITTI baselines use); the prediction is clamped
+to [min_depth, max_depth] (non-finite values to the nearest end) before the metrics are taken
+over the valid pixels. Images are then averaged with equal weight; an image without a valid
+pixel is left out (and counted).
 
 Conventions, with d = log(pred) − log(gt):
 - abs_rel = mean(|pred − gt| / gt), sq_rel = mean((pred − gt)² / gt)
@@ -23,65 +25,41 @@ import numpy as np
 
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
 
-# Crops as fractions of the full frame (rows, then columns), from BTS's evaluation code.
+# KITTI crops as fractions of the map (rows, then columns), BTS's numbers. GLPDepth applies
+# them to the KB-cropped 352 × 1216 map whatever the frame size (370 × 1224 … 376 × 1241),
+# and so do we: the maps evaluated here are KB-cropped by the loader.
 GARG_CROP = ((0.40810811, 0.99189189), (0.03594771, 0.96405229))
 EIGEN_CROP_KITTI = ((0.3324324, 0.91351351), (0.0359477, 0.96405229))
 # NYU's Eigen crop is given in pixels of the 480 × 640 frame: rows 45:471, columns 41:601.
 NYU_FRAME = (480, 640)
 EIGEN_CROP_NYU = ((45, 471), (41, 601))
 
-# A KB-cropped KITTI sample (352 × 1216) cut from the usual 375 × 1242 frame (bottom rows,
-# centred columns): its offset inside the frame, for crops defined on the full frame.
-KITTI_FRAME = (375, 1242)
 
-
-def crop_mask(shape: tuple[int, int], crop: str, dataset: str = "kitti",
-              frame: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def crop_mask(shape: tuple[int, int], crop: str, dataset: str = "kitti") -> np.ndarray:
     """Boolean (H, W) mask of the evaluation crop of an (H, W) ground-truth map.
 
-    `crop`: "none", "garg" or "eigen" (KITTI fractions; for `dataset` "nyu" the Eigen crop is
-    NYU's [45:471, 41:601], scaled when the frame is not 480 × 640). `frame`: (frame height,
-    frame width, top, left) when the map is a window of a larger frame on which the crop is
-    defined (KITTI's KB crop); default: the map is the whole frame.
+    `crop`: "none", "garg" or "eigen" (KITTI fractions of the map; for `dataset` "nyu" the
+    Eigen crop is NYU's [45:471, 41:601], scaled when the map is not 480 × 640).
     """
     height, width = shape
     mask = np.zeros(shape, dtype=bool)
     if crop == "none":
         mask[:] = True
         return mask
-    frame_h, frame_w, top, left = frame if frame is not None else (height, width, 0, 0)
-    if crop == "garg":
-        (r0, r1), (c0, c1) = GARG_CROP
-        rows = (int(r0 * frame_h), int(r1 * frame_h))
-        cols = (int(c0 * frame_w), int(c1 * frame_w))
-    elif crop == "eigen" and dataset == "nyu":
+    if crop == "eigen" and dataset == "nyu":
         (r0, r1), (c0, c1) = EIGEN_CROP_NYU
-        sh, sw = frame_h / NYU_FRAME[0], frame_w / NYU_FRAME[1]
-        rows = (round(r0 * sh), round(r1 * sh))
-        cols = (round(c0 * sw), round(c1 * sw))
-    elif crop == "eigen":
-        (r0, r1), (c0, c1) = EIGEN_CROP_KITTI
-        rows = (int(r0 * frame_h), int(r1 * frame_h))
-        cols = (int(c0 * frame_w), int(c1 * frame_w))
-    else:
+        sh, sw = height / NYU_FRAME[0], width / NYU_FRAME[1]
+        mask[round(r0 * sh):round(r1 * sh), round(c0 * sw):round(c1 * sw)] = True
+        return mask
+    if crop not in ("garg", "eigen"):
         raise ValueError(f"unknown depth evaluation crop {crop!r}: expected none, garg or eigen")
-    # frame coordinates → coordinates of this map
-    r_lo, r_hi = max(rows[0] - top, 0), min(rows[1] - top, height)
-    c_lo, c_hi = max(cols[0] - left, 0), min(cols[1] - left, width)
-    if r_hi > r_lo and c_hi > c_lo:
-        mask[r_lo:r_hi, c_lo:c_hi] = True
+    (r0, r1), (c0, c1) = GARG_CROP if crop == "garg" else EIGEN_CROP_KITTI
+    mask[int(r0 * height):int(r1 * height), int(c0 * width):int(c1 * width)] = True
     return mask
 
 
-def kitti_kb_frame(shape: tuple[int, int], frame: tuple[int, int] = KITTI_FRAME) -> tuple[int, int, int, int]:
-    """Where a KB-cropped map of `shape` sits in a KITTI frame: (frame h, frame w, top, left)."""
-    frame_h, frame_w = max(frame[0], shape[0]), max(frame[1], shape[1])
-    return frame_h, frame_w, frame_h - shape[0], (frame_w - shape[1]) // 2
-
-
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max_depth: float = 80.0,
-                  crop: str = "none", dataset: str = "kitti",
-                  frame: tuple[int, int, int, int] | None = None) -> dict[str, float] | None:
+                  crop: str = "none", dataset: str = "kitti") -> dict[str, float] | None:
     """The metrics of one image: `pred` and `gt` (H, W) in metres (gt 0 = no measurement).
     None when no pixel is valid."""
     pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
@@ -91,7 +69,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must both be (H, W)")
     valid = (gt > min_depth) & (gt < max_depth)
     if crop != "none":
-        valid &= crop_mask(gt.shape, crop, dataset, frame)
+        valid &= crop_mask(gt.shape, crop, dataset)
     if not valid.any():
         return None
     p = np.nan_to_num(pred[valid], nan=min_depth, posinf=max_depth, neginf=min_depth)

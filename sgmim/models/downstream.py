@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from sgmim.models.encoder import BACKBONES, VIT_BACKBONES
 from sgmim.models.heads import DPTHead, FCNHead, GLPDepthHead, SwinPyramid, UperNetHead, ViTPyramid
 
 DEFAULT_CHANNELS = {"dpt": 256, "upernet": 512}
@@ -59,7 +58,7 @@ def create_backbone(timm_name: str, timm_kwargs: dict) -> nn.Module:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     net = timm.create_model(timm_name, pretrained=False, **kwargs)
-    if not isinstance(net, SwinTransformer | SwinTransformerV2 | VisionTransformer):
+    if not isinstance(net, BACKBONES):
         raise ValueError(f"{timm_name!r} is a {type(net).__name__}, not a Swin, SwinV2 or ViT")
     return net
 
@@ -75,7 +74,7 @@ class DownstreamModel(nn.Module):
         self.timm_name, self.timm_kwargs, self.spec = timm_name, dict(timm_kwargs), head
         self.backbone = create_backbone(timm_name, timm_kwargs)
         net = self.backbone
-        self.is_vit = isinstance(net, VisionTransformer)
+        self.is_vit = isinstance(net, VIT_BACKBONES)
         self.patch = net.patch_embed.patch_size[0]
         self.input_size: tuple[int, int] = tuple(net.patch_embed.img_size)
         self.family = "vit" if self.is_vit else ("swinv2" if isinstance(net, SwinTransformerV2) else "swin")
@@ -159,8 +158,10 @@ class DownstreamModel(nn.Module):
 
     def layer_id(self, name: str) -> int:
         """Layer of a parameter for layer-wise LR decay (BEiT/SimMIM): 0 for the patch embedding
-        and position tables, block k (counted over all stages) → k + 1, a Swin downsampling layer
-        with the first block of its stage, everything else (final norm, neck, head) num_layers + 1."""
+        and position tables, block k (counted over all stages) → k + 1, a Swin patch merging with
+        the last block before it, everything else (final norm, neck, head, a shared relative
+        position bias) num_layers + 1. timm merges at the start of a stage, SimMIM's Swin at the
+        end of the previous one, which `get_swin_layer` puts with that stage's last block."""
         if not name.startswith("backbone."):
             return self.num_layers + 1
         parts = name.split(".")[1:]
@@ -174,7 +175,7 @@ class DownstreamModel(nn.Module):
             first = sum(self.depths[:stage])
             if parts[2] == "blocks":
                 return first + int(parts[3]) + 1
-            return first + 1                                 # downsample: with the stage's first block
+            return first                                     # downsample: with the previous block
         return self.num_layers + 1
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -76,15 +76,18 @@ EXTRACTORS = {"mlp": MLPExtractor, "transformer": TransformerExtractor, "siamese
 class FusionBlock(nn.Module):
     """I_SF = I_F + MHCA(LN(I_F), LN(S_F)); I_SF = I_SF + MLP(LN(I_SF)).
 
-    Queries come from every image token; keys and values only from visible structured tokens.
+    Queries come from every image token; keys and values from every structured token (the
+    paper's code), or only from those that see visible depth (`attend_visible_only`, the
+    authors' later code). `position_embedding` adds one learned table to both streams first.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, num_tokens: int,
-                 position_embedding: bool):
+                 position_embedding: bool, attend_visible_only: bool):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"fusion_heads {num_heads} does not divide the encoder width {dim}")
         self.num_heads = num_heads
+        self.attend_visible_only = attend_visible_only
         self.norm_image = nn.LayerNorm(dim)
         self.norm_struct = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim, bias=False)
@@ -92,16 +95,18 @@ class FusionBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.pos_image = self.pos_struct = None
+        self.pos_embed = None
         if position_embedding:
-            self.pos_image = nn.Parameter(trunc_normal_(torch.zeros(1, num_tokens, dim), std=0.02))
-            self.pos_struct = nn.Parameter(trunc_normal_(torch.zeros(1, num_tokens, dim), std=0.02))
+            self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, num_tokens, dim), std=0.02))
 
     def cross_attention(self, x: torch.Tensor, s: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C) queries; s: (B, M, C) keys/values; visible: (B, M) bool."""
         B, N, C = x.shape
         q = self.q(x).view(B, N, self.num_heads, -1).transpose(1, 2)
         k, v = self.kv(s).view(B, s.shape[1], 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        if not self.attend_visible_only:
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(B, N, C))
         # A sample with no visible structured token attends nowhere; let it attend everywhere
         # (softmax over an empty set is NaN) and zero its output instead.
         has_keys = visible.any(dim=1)
@@ -114,8 +119,8 @@ class FusionBlock(nn.Module):
                 struct_visible: torch.Tensor) -> torch.Tensor:
         """image_feat: (B, N, C) = I_F; struct_feat: (B, N, C) = S_F; struct_visible: (B, N)."""
         x, s = image_feat, struct_feat
-        if self.pos_image is not None:
-            x, s = x + self.pos_image, s + self.pos_struct
+        if self.pos_embed is not None:
+            x, s = x + self.pos_embed, s + self.pos_embed
         x = x + self.cross_attention(self.norm_image(x), self.norm_struct(s), struct_visible)
         return x + self.mlp(self.norm_mlp(x))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -18,14 +19,31 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
 def truncated_standardise(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
     """Per-image truncated standardisation (MultiMAE / the SG-MIM authors' code).
 
-    depth: (B, 1, H, W). The lowest and highest `trim` fraction of each image's values are left
-    out of its mean and variance; every pixel is then `(d - mean) / sqrt(var + eps)`.
+    depth: (B, 1, H, W). Each image's sorted values are cut to `[int(trim·n), int((1 - trim)·n))`
+    and their mean and unbiased variance taken, the slice and the variance of the authors'
+    training loop; every pixel is then `(d - mean) / sqrt(var + eps)`.
     """
     flat = depth.flatten(1).float()
     n = flat.shape[1]
-    cut = int(n * trim)
-    kept = flat.sort(dim=1).values[:, cut: n - cut]
+    kept = flat.sort(dim=1).values[:, int(trim * n): int((1 - trim) * n)]
     mean = kept.mean(dim=1)
-    var = kept.var(dim=1, unbiased=False)
+    var = kept.var(dim=1, unbiased=True)
     standardised = (flat - mean[:, None]) / torch.sqrt(var[:, None] + eps)
     return standardised.view_as(depth).to(depth.dtype)
+
+
+def local_normalise(image: torch.Tensor, window: int, eps: float = 1e-6) -> torch.Tensor:
+    """SimMIM's normalised target: every pixel standardised within its window.
+
+    image: (B, C, H, W); window: odd side. Per channel, the mean and the unbiased variance
+    (n / (n - 1), n the pixels of the window inside the image) of the `window`² neighbourhood
+    centred on each pixel, clipped at the border; `(x - mean) / sqrt(max(var, 0) + eps)`.
+    """
+    pad = window // 2
+    x = image.float()
+    mean = F.avg_pool2d(x, window, stride=1, padding=pad, count_include_pad=False)
+    mean_sq = F.avg_pool2d(x * x, window, stride=1, padding=pad, count_include_pad=False)
+    ones = torch.ones_like(x[:1, :1])
+    n = F.avg_pool2d(ones, window, stride=1, padding=pad, count_include_pad=True) * window ** 2
+    var = ((mean_sq - mean ** 2) * n / (n - 1)).clamp(min=0)
+    return ((x - mean) / torch.sqrt(var + eps)).to(image.dtype)

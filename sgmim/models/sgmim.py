@@ -16,7 +16,7 @@ from torch import nn
 
 from sgmim.models.encoder import MaskedEncoder
 from sgmim.models.guidance import EXTRACTORS, FusionBlock, visible_tokens
-from sgmim.models.losses import masked_l1, truncated_standardise
+from sgmim.models.losses import local_normalise, masked_l1, truncated_standardise
 from sgmim.models.masking import MaskGenerator, upsample_mask
 from sgmim.spec.model import ModelConfig
 
@@ -26,7 +26,8 @@ class SGMIMOutput:
     loss: torch.Tensor
     loss_image: torch.Tensor
     loss_struct: torch.Tensor | None
-    pred_image: torch.Tensor            # (B, 3, H, W), normalised-pixel space
+    pred_image: torch.Tensor            # (B, 3, H, W), the image target's space (normalised
+                                        # pixels, locally normalised with loss.norm_target)
     pred_struct: torch.Tensor | None    # (B, 1, H, W), standardised-depth space
 
 
@@ -48,7 +49,7 @@ class SGMIM(nn.Module):
             h, w = self.encoder.out_grid
             self.extractor = EXTRACTORS[g.extractor](self.encoder)
             self.fusion = FusionBlock(dim, g.fusion_heads, g.fusion_mlp_ratio, h * w,
-                                      g.position_embedding)
+                                      g.position_embedding, g.attend_visible_only)
             self.struct_head = pixel_shuffle_head(dim, stride, 1)
 
     def mask_generator(self) -> MaskGenerator:
@@ -63,7 +64,10 @@ class SGMIM(nn.Module):
         lam, patch = self.config.loss, self.encoder.patch_size
         image_feat = self.encoder(image, image_mask)                      # I_F: (B, C, h', w')
         pred_image = self.image_head(image_feat)                          # (B, 3, H, W)
-        loss_image = masked_l1(pred_image, image, upsample_mask(image_mask, patch).to(image.dtype))
+        target_image = image
+        if lam.norm_target.enabled:
+            target_image = local_normalise(image, lam.norm_target.patch_size)
+        loss_image = masked_l1(pred_image, target_image, upsample_mask(image_mask, patch).to(image.dtype))
         if not self.guided:
             return SGMIMOutput(lam.lambda_image * loss_image, loss_image, None, pred_image, None)
 
@@ -80,7 +84,7 @@ class SGMIM(nn.Module):
 
     def no_weight_decay_names(self) -> set[str]:
         """Parameter names exempt from weight decay: norms, biases, position tables, mask token."""
-        keywords = ("mask_token", "pos_embed", "pos_image", "pos_struct", "cls_token",
+        keywords = ("mask_token", "pos_embed", "cls_token",
                     "relative_position_bias_table", "absolute_pos_embed", "logit_scale", "cpb_mlp")
         return {n for n, p in self.named_parameters()
                 if p.ndim <= 1 or any(k in n for k in keywords)}

@@ -13,6 +13,19 @@ BackboneFamily = Literal["swin", "swinv2", "vit"]
 _TIMM_FIELDS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "depth", "num_heads",
                 "drop_path_rate")
 
+# SimMIM's ViT (its config.py MODEL.VIT and the ViT-B pretraining config): no absolute position
+# embedding, one relative position bias shared by all blocks, LayerScale initialised at 0.1 and
+# the final LayerNorm on the tokens (no pooling norm). timm's BEiT builds exactly that, so these
+# keyword arguments are added to every `beit*` name and travel in the export's metadata.
+SIMMIM_VIT_LAYOUT = {"use_abs_pos_emb": False, "use_rel_pos_bias": False,
+                     "use_shared_rel_pos_bias": True, "init_values": 0.1, "use_fc_norm": False}
+SUPPORTED_PREFIXES = ("swin", "vit_", "beit")
+
+
+def layout_kwargs(timm_name: str) -> dict:
+    """The constructor arguments a name always gets: SimMIM's ViT layout for `beit*`."""
+    return dict(SIMMIM_VIT_LAYOUT) if timm_name.startswith("beit") else {}
+
 
 def backbone_family(timm_name: str) -> BackboneFamily:
     if timm_name.startswith("swinv2"):
@@ -23,7 +36,8 @@ def backbone_family(timm_name: str) -> BackboneFamily:
 
 
 class EncoderFields(StrictModel):
-    """A timm Swin / SwinV2 / ViT named by its registry name plus the size fields that change it.
+    """A timm Swin / SwinV2 / ViT (`beit*`: SimMIM's ViT) named by its registry name plus the size
+    fields that change it.
     Only fields that are set reach `timm.create_model`, so the named model's defaults stand for
     everything else."""
 
@@ -53,8 +67,8 @@ class EncoderFields(StrictModel):
         name = self.timm_name
         if name is None:
             return self
-        if not (name.startswith("swin") or name.startswith("vit_")):
-            raise ValueError(f"timm_name {name!r}: only swin*, swinv2* and vit_* models are supported")
+        if not name.startswith(SUPPORTED_PREFIXES):
+            raise ValueError(f"timm_name {name!r}: only swin*, swinv2*, vit_* and beit* models are supported")
         if backbone_family(name) == "vit" and (self.window_size is not None or self.depths is not None):
             raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
         if backbone_family(name) != "vit" and self.depth is not None:
@@ -75,9 +89,10 @@ class EncoderConfig(EncoderFields):
 
     timm_name: str = Field(
         "swin_base_patch4_window7_224",
-        description="timm model name of a Swin, SwinV2 or ViT model",
+        description="timm model name of a Swin, SwinV2 or ViT model; beit_* is SimMIM's ViT (shared "
+                    "relative position bias, no absolute position embedding, LayerScale 0.1)",
         examples=["swin_base_patch4_window7_224", "swinv2_base_window8_256",
-                  "vit_base_patch16_224"],
+                  "beit_base_patch16_224", "vit_base_patch16_224"],
     )
     img_size: int = Field(192, ge=16, le=4096)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
@@ -100,7 +115,7 @@ class EncoderConfig(EncoderFields):
 
     def timm_kwargs(self) -> dict:
         """Constructor arguments for `timm.create_model(timm_name, **kwargs)`, head-less."""
-        return {**self.size_kwargs(), "num_classes": 0}
+        return {**layout_kwargs(self.timm_name), **self.size_kwargs(), "num_classes": 0}
 
 
 class MaskConfig(StrictModel):
@@ -124,8 +139,26 @@ class GuidanceConfig(StrictModel):
     fusion_heads: int = Field(8, ge=1, le=64)
     fusion_mlp_ratio: float = Field(4.0, gt=0.0, le=16.0)
     position_embedding: bool = Field(
-        True, description="learned absolute position embedding on both fusion streams "
-                          "(the authors' later code)")
+        False, description="one learned absolute position table added to both fusion streams "
+                           "(the authors' later sparse-ResNet code; the paper and its code have none)")
+    attend_visible_only: bool = Field(
+        False, description="fusion keys/values only from structured tokens that see visible depth "
+                           "(the authors' later code); false: from every S_F token, as the paper's "
+                           "code")
+
+
+class NormTargetConfig(StrictModel):
+    """SimMIM's normalised pixel target (`NORM_TARGET`, on in its SwinV2 configs): each pixel of
+    the image target standardised by the mean and variance of its `patch_size`² neighbourhood."""
+
+    enabled: bool = False
+    patch_size: int = Field(47, ge=3, le=255, description="odd window side (SimMIM: 47)")
+
+    @model_validator(mode="after")
+    def _odd(self) -> NormTargetConfig:
+        if self.patch_size % 2 == 0:
+            raise ValueError(f"patch_size {self.patch_size} must be odd (a window centred on each pixel)")
+        return self
 
 
 class LossConfig(StrictModel):
@@ -134,6 +167,8 @@ class LossConfig(StrictModel):
     depth_trim: float = Field(
         0.1, ge=0.0, lt=0.5,
         description="fraction dropped at each end before standardising the depth target")
+    norm_target: NormTargetConfig = Field(
+        NormTargetConfig(), description="normalise the image reconstruction target locally (any backbone)")
 
 
 class ModelConfig(StrictModel):

@@ -21,6 +21,10 @@ class OptimConfig(StrictModel):
     weight_decay: float = Field(0.05, ge=0.0)
     schedule: Literal["cosine", "step", "poly"] = "cosine"
     warmup_epochs: float = Field(10.0, ge=0.0)
+    warmup_prefix: bool = Field(
+        False, description="cosine only: false (SimMIM's timm CosineLRScheduler) runs the cosine over "
+                           "all steps from step 0, the linear warm-up replacing its first steps; true "
+                           "starts the cosine at the end of the warm-up")
     step_milestones: list[float] = Field(
         default_factory=list, description="step schedule: epochs at which lr is multiplied by step_gamma")
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)

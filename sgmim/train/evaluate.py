@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from sgmim import rundir
 from sgmim.metrics import DepthMeter, depth_metrics
-from sgmim.metrics.depth import kitti_kb_frame
 from sgmim.metrics.segmentation import ConfusionMatrix
 from sgmim.models.downstream import DownstreamModel, HeadSpec
 from sgmim.spec import EvalOptions, EvaluateJob, parse_spec
@@ -181,9 +180,8 @@ def evaluate(model: DownstreamModel, dataset, settings: EvalSettings, env: DistE
                 pred = out[:, 0].cpu().numpy()
                 for p, item in zip(pred, group, strict=True):
                     gt = item["depth"][0].numpy()
-                    frame = kitti_kb_frame(gt.shape) if settings.dataset == "kitti" else None
                     depth.add(depth_metrics(p, gt, settings.min_depth, settings.max_depth, settings.crop,
-                                            settings.dataset, frame))
+                                            settings.dataset))
             else:
                 labels = out.argmax(1).cpu().numpy()
                 for p, item in zip(labels, group, strict=True):

@@ -16,6 +16,7 @@ from sgmim import rundir
 from sgmim.data import DATASET_INFO, IGNORE_INDEX, build_downstream_dataset
 from sgmim.models.downstream import DEFAULT_CHANNELS, DownstreamModel, HeadSpec
 from sgmim.spec import FinetuneJob
+from sgmim.spec.model import layout_kwargs
 from sgmim.train.checkpoint import atomic_write_json, write_safetensors
 from sgmim.train.distributed import DistEnv
 from sgmim.train.evaluate import EvalSettings, class_names, curve_fields, eval_record, evaluate
@@ -81,7 +82,7 @@ class FinetuneTask:
             raise InitError(f"init file {found.path} has no timm_model metadata; set "
                             "config.encoder.timm_name and the size fields of the encoder it holds")
         name = cfg.encoder.timm_name or found.timm_name
-        kwargs = dict(found.timm_kwargs or {}) if found is not None else {}
+        kwargs = dict(found.timm_kwargs or {}) if found is not None else layout_kwargs(name)
         kwargs.update(cfg.encoder.overrides())
         if cfg.encoder.img_size is None:
             crop = cfg.data.crop_size or DATASET_INFO[cfg.data.dataset].crop_size

@@ -31,7 +31,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str],
 @dataclass(frozen=True)
 class LRSchedule:
     """LR at each optimiser step: linear warm-up from `warmup_lr`, then cosine, step or poly
-    decay towards `min_lr`. All three rates are already scaled by the linear scaling rule."""
+    decay towards `min_lr`. All three rates are already scaled by the linear scaling rule.
+
+    The cosine runs over all steps from step 0 and the warm-up replaces its first steps, as
+    SimMIM's timm `CosineLRScheduler` (no `warmup_prefix`); with `warmup_prefix` it starts at
+    the end of the warm-up instead. Poly always starts at the end of the warm-up."""
 
     peak_lr: float
     warmup_lr: float
@@ -42,6 +46,7 @@ class LRSchedule:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     power: float = 0.9
+    warmup_prefix: bool = False
 
     @classmethod
     def from_config(cls, cfg: OptimConfig, total_batch: int, steps_per_epoch: int,
@@ -50,15 +55,16 @@ class LRSchedule:
         warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
         milestones = tuple(round(m * steps_per_epoch) for m in cfg.step_milestones)
         return cls(cfg.base_lr * scale, cfg.warmup_lr * scale, cfg.min_lr * scale, warmup,
-                   total_steps, cfg.schedule, milestones, cfg.step_gamma, cfg.poly_power)
+                   total_steps, cfg.schedule, milestones, cfg.step_gamma, cfg.poly_power,
+                   cfg.warmup_prefix)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.warmup_lr + (self.peak_lr - self.warmup_lr) * step / self.warmup_steps
         if self.kind == "step":
             return self.peak_lr * self.gamma ** sum(step >= m for m in self.milestones)
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        progress = min(progress, 1.0)
+        start = self.warmup_steps if self.kind == "poly" or self.warmup_prefix else 0
+        progress = min((step - start) / max(1, self.total_steps - start), 1.0)
         if self.kind == "cosine":
             shape = 0.5 * (1 + math.cos(math.pi * progress))
         else:  # poly

@@ -158,12 +158,14 @@ def _load_checkpoint_dir(path: Path) -> dict[str, torch.Tensor]:
 
 def adapt_encoder_state(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Fit pretrained encoder weights to a backbone built for another input or window size:
-    ViT position embeddings and patch embeddings resampled, Swin relative position tables
-    resized (timm's own converters), non-persistent buffers dropped."""
+    ViT position embeddings and patch embeddings resampled, Swin and BEiT relative position
+    tables resized (timm's own converters), non-persistent buffers dropped."""
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
-    from timm.models import swin_transformer, swin_transformer_v2
+    from timm.models import beit, swin_transformer, swin_transformer_v2
     from timm.models.vision_transformer import VisionTransformer
 
+    if isinstance(backbone, beit.Beit):   # resizes the (shared) relative position bias tables
+        return beit.checkpoint_filter_fn(state, backbone)
     if isinstance(backbone, swin_transformer_v2.SwinTransformerV2):
         return swin_transformer_v2.checkpoint_filter_fn(state, backbone)
     if isinstance(backbone, swin_transformer.SwinTransformer):

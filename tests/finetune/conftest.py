@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from sgmim.spec.model import SIMMIM_VIT_LAYOUT
+
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "examples" / "jobs"
 
@@ -18,6 +20,8 @@ TINY = {
     "swin": ("swin_tiny_patch4_window7_224", _SWIN),
     "swinv2": ("swinv2_tiny_window8_256", _SWIN),
     "vit": ("vit_tiny_patch16_224", {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2}),
+    "simmim_vit": ("beit_base_patch16_224", {**SIMMIM_VIT_LAYOUT, "img_size": 64, "embed_dim": 64,
+                                             "depth": 2, "num_heads": 2}),
 }
 
 

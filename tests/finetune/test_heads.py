@@ -68,7 +68,7 @@ def test_layer_ids_for_swin_and_vit():
     ids = {n: swin.layer_id(n) for n, _ in swin.named_parameters()}
     assert ids["backbone.patch_embed.proj.weight"] == 0
     assert ids["backbone.layers.0.blocks.0.attn.qkv.weight"] == 1
-    assert ids["backbone.layers.1.downsample.reduction.weight"] == 2      # with stage 1's first block
+    assert ids["backbone.layers.1.downsample.reduction.weight"] == 1      # with stage 0's last block
     assert ids["backbone.layers.1.blocks.0.mlp.fc1.weight"] == 2
     assert ids["backbone.layers.2.blocks.1.norm1.weight"] == 4
     assert ids["backbone.layers.3.blocks.0.attn.proj.bias"] == 5
@@ -78,6 +78,34 @@ def test_layer_ids_for_swin_and_vit():
     assert vids["backbone.pos_embed"] == 0 and vids["backbone.cls_token"] == 0
     assert vids["backbone.blocks.0.attn.qkv.weight"] == 1 and vids["backbone.blocks.1.mlp.fc2.bias"] == 2
     assert vids["backbone.norm.weight"] == 3 and vids["head.project.0.weight"] == 3
+    # SimMIM's ViT: `get_vit_layer` puts the shared relative position bias with the top layer
+    simmim_vit = DownstreamModel(*TINY["simmim_vit"], HEADS["dpt"])
+    sids = {n: simmim_vit.layer_id(n) for n, _ in simmim_vit.named_parameters()}
+    assert sids["backbone.cls_token"] == sids["backbone.patch_embed.proj.weight"] == 0
+    assert sids["backbone.blocks.1.gamma_2"] == 2
+    assert sids["backbone.rel_pos_bias.relative_position_bias_table"] == 3
+
+
+def simmim_swin_layer(name: str, depths: list[int]) -> int:
+    """SimMIM's `get_swin_layer` for a patch-merging parameter of its Swin, where stage s ends
+    with `layers.s.downsample` (timm: `layers.{s+1}.downsample`), written out."""
+    stage = int(name.split(".")[1])
+    return sum(depths[:stage + 1])
+
+
+@pytest.mark.parametrize("family", ["swin", "swinv2"])
+def test_patch_merging_takes_simmims_layer_decay_bucket(family):
+    depths = [2, 2, 6, 2]
+    model = DownstreamModel(f"{family}_tiny_window8_256" if family == "swinv2" else
+                            "swin_tiny_patch4_window7_224",
+                            {"img_size": 64, "window_size": 2, "embed_dim": 16, "depths": depths,
+                             "num_heads": [1, 1, 1, 1]}, HEADS["glpdepth"])
+    merging = [n for n, _ in model.named_parameters() if ".downsample." in n]
+    assert len(merging) == 9                    # stages 1-3: reduction, norm weight and bias
+    for name in merging:
+        timm_stage = int(name.split(".")[2])
+        simmim_name = f"layers.{timm_stage - 1}.downsample.{name.split('.downsample.')[1]}"
+        assert model.layer_id(name) == simmim_swin_layer(simmim_name, depths), name
 
 
 def test_layer_decay_scales_the_learning_rate_of_each_group():

@@ -117,6 +117,16 @@ def test_random_init_only_when_asked():
         finetune_spec(init="random")
 
 
+def test_random_init_of_simmims_vit_gets_simmims_layout():
+    # the random-init baseline has the pretrained encoder's architecture
+    size = {k: TINY["simmim_vit"][1][k] for k in ("img_size", "embed_dim", "depth", "num_heads")}
+    spec = finetune_spec(init="random", encoder={"timm_name": "beit_base_patch16_224", **size})
+    task = FinetuneTask(spec, ENV)
+    backbone = task.build_model().backbone
+    assert backbone.pos_embed is None and backbone.rel_pos_bias is not None
+    assert task.timm_kwargs["init_values"] == 0.1
+
+
 def test_swinv2_gets_its_pretraining_windows_when_the_window_grows():
     from sgmim.train.finetune import _swinv2_pretrained_windows
 

@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from sgmim.data.kitti import kb_crop_box
 from sgmim.metrics import ConfusionMatrix, DepthMeter, crop_mask, depth_metrics, segmentation_metrics
-from sgmim.metrics.depth import kitti_kb_frame
 
 
 def test_depth_metrics_by_hand_with_invalid_pixels():
@@ -50,15 +51,67 @@ def test_no_valid_pixel_gives_none_and_is_skipped_when_averaging():
     assert merged.result()["rmse"] == pytest.approx(2.0) and merged.images == 4
 
 
-def test_garg_crop_of_a_kb_cropped_kitti_map_matches_the_full_frame():
-    frame = np.zeros((375, 1242), dtype=bool)
-    frame[int(0.40810811 * 375):int(0.99189189 * 375), int(0.03594771 * 1242):int(0.96405229 * 1242)] = True
-    top, left = 375 - 352, (1242 - 1216) // 2
-    mask = crop_mask((352, 1216), "garg", "kitti", kitti_kb_frame((352, 1216)))
-    assert np.array_equal(mask, frame[top:top + 352, left:left + 1216])
-    # rows 153..371 and columns 44..1197 of the frame = rows 130..348, columns 31..1184 here
-    assert mask.sum() == (348 - 130) * (1184 - 31)
-    assert mask[130, 31] and not mask[129, 31] and not mask[130, 30] and not mask[348, 31]
+def glpdepth_eval_mask(gt_depth: np.ndarray, kitti_crop: str) -> np.ndarray:
+    """GLPDepth's `cropping_img` for KITTI (do_kb_crop on), written out: the map is cut to the
+    KB crop, then the fractions are applied to the cropped map's size."""
+    height, width = gt_depth.shape
+    top_margin, left_margin = int(height - 352), int((width - 1216) / 2)
+    gt_depth = gt_depth[top_margin:top_margin + 352, left_margin:left_margin + 1216]
+    gt_height, gt_width = gt_depth.shape
+    eval_mask = np.zeros(gt_depth.shape, dtype=bool)
+    if kitti_crop == "garg":
+        eval_mask[int(0.40810811 * gt_height):int(0.99189189 * gt_height),
+                  int(0.03594771 * gt_width):int(0.96405229 * gt_width)] = True
+    else:
+        eval_mask[int(0.3324324 * gt_height):int(0.91351351 * gt_height),
+                  int(0.0359477 * gt_width):int(0.96405229 * gt_width)] = True
+    return eval_mask
+
+
+# The KITTI raw frame sizes of the Eigen split.
+@pytest.mark.parametrize("frame", [(375, 1242), (370, 1224), (370, 1226), (374, 1238), (376, 1241)])
+@pytest.mark.parametrize("crop", ["garg", "eigen"])
+def test_kitti_crops_follow_glpdepth_for_every_frame_size(frame, crop):
+    rows, cols = kb_crop_box(*frame, "frame.png")                  # what the KITTI loader keeps
+    gt_frame = np.full(frame, 10.0)
+    gt = gt_frame[rows, cols]
+    expected = glpdepth_eval_mask(gt_frame, crop)
+    assert np.array_equal(crop_mask(gt.shape, crop, "kitti"), expected)
+    # Through the evaluation loop: predictions wrong everywhere outside GLPDepth's region are
+    # not counted; one wrong pixel at a corner inside it is.
+    pred = np.where(expected, 10.0, 20.0)
+    first, last = np.argwhere(expected)[[0, -1]]
+    pred[tuple(first)] = 20.0
+    pred[tuple(last)] = 20.0
+    assert evaluated_abs_rel(pred, gt, crop) == pytest.approx(2.0 / expected.sum(), rel=1e-9)
+
+
+class FixedPrediction(torch.nn.Module):
+    def __init__(self, pred: np.ndarray):
+        super().__init__()
+        self.pred = torch.from_numpy(pred).float()[None, None]
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.pred.expand(image.shape[0], -1, -1, -1)}
+
+
+def evaluated_abs_rel(pred: np.ndarray, gt: np.ndarray, crop: str) -> float:
+    """abs_rel of `pred` against a KB-cropped KITTI map, as an evaluate job computes it."""
+    from sgmim.train.distributed import DistEnv
+    from sgmim.train.evaluate import EvalSettings, evaluate
+
+    item = {"image": torch.zeros(3, *gt.shape), "depth": torch.from_numpy(gt).float()[None]}
+    settings = EvalSettings(task="depth", dataset="kitti", split="val", input_size=gt.shape, crop=crop,
+                            max_depth=80.0, batch_size=1)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return evaluate(FixedPrediction(pred), [item], settings, env)["metrics"]["abs_rel"]
+
+
+def test_garg_crop_of_the_kb_map_in_pixels():
+    mask = crop_mask((352, 1216), "garg", "kitti")
+    # rows int(0.408·352) = 143 .. int(0.992·352) = 349, columns 43 .. 1172
+    assert mask.sum() == (349 - 143) * (1172 - 43)
+    assert mask[143, 43] and not mask[142, 43] and not mask[143, 42] and not mask[349, 43]
 
 
 def test_eigen_crops():

@@ -11,6 +11,9 @@ TINY_ENCODERS = {
                             embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8]),
     "vit": EncoderConfig(timm_name="vit_tiny_patch16_224", img_size=64, embed_dim=64, depth=2,
                          num_heads=2),
+    # SimMIM's ViT (timm's BEiT with SimMIM's layout), the paper's ViT-B at a small size
+    "simmim_vit": EncoderConfig(timm_name="beit_base_patch16_224", img_size=64, embed_dim=64, depth=2,
+                                num_heads=2),
 }
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from sgmim.spec import SpecError, apply_overrides, load_spec, parse_spec, read_spec_data
+from sgmim.spec.model import SIMMIM_VIT_LAYOUT
 
 EXAMPLES = sorted(Path(__file__).parents[2].joinpath("examples", "jobs").glob("*.yaml"))
 
@@ -17,6 +18,26 @@ def test_every_example_spec_validates(path):
     else:
         spec = load_spec(path)
     assert spec.name
+
+
+def example(name: str):
+    return load_spec(Path(__file__).parents[2] / "examples" / "jobs" / name)
+
+
+def test_paper_pretraining_specs_follow_the_authors_recipes():
+    # SimMIM's SwinV2-B and ViT-B configs (and the SG-MIM authors' ViT-B one): warm-up from
+    # 5e-7; SwinV2-B: drop path 0.1 and the normalised target with patch 47. The SG-MIM
+    # authors' Swin-B 100-epoch config: warm-up from 1e-6, drop path 0, plain target.
+    swinv2 = example("pretrain-swinv2-base-800ep.yaml").config
+    assert swinv2.optim.warmup_lr == 5e-7 and swinv2.model.encoder.drop_path_rate == 0.1
+    assert swinv2.model.loss.norm_target.enabled and swinv2.model.loss.norm_target.patch_size == 47
+    vit = example("pretrain-vit-base-800ep.yaml").config
+    assert vit.optim.warmup_lr == 5e-7 and vit.model.encoder.drop_path_rate == 0.1
+    assert not vit.model.loss.norm_target.enabled
+    assert vit.model.encoder.timm_kwargs() | SIMMIM_VIT_LAYOUT == vit.model.encoder.timm_kwargs()
+    swin = example("pretrain-swin-base-100ep.yaml").config
+    assert swin.optim.warmup_lr == 1e-6 and swin.model.encoder.drop_path_rate == 0.0
+    assert not swin.model.loss.norm_target.enabled and swin.optim.schedule == "cosine"
 
 
 def errors_of(data) -> dict[str, str]:

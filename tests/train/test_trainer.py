@@ -1,6 +1,7 @@
 """The trainer as users run it (`sgmim train`), on CPU with the gloo backend."""
 
 import json
+import math
 import os
 import signal
 
@@ -159,15 +160,76 @@ def test_lr_schedule_shapes():
     from sgmim.spec.train import OptimConfig
     from sgmim.train.optim import LRSchedule
 
-    cfg = OptimConfig(base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=10)
+    cfg = OptimConfig(base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=10, warmup_prefix=True)
     lr = LRSchedule.from_config(cfg, total_batch=1024, steps_per_epoch=100, total_steps=10_000)
     assert lr.peak_lr == pytest.approx(4e-4) and lr(0) == pytest.approx(2e-6)
     assert lr(1000) == pytest.approx(4e-4)
     assert lr(10_000) == pytest.approx(2e-5)
     assert lr(5500) == pytest.approx(2e-5 + (4e-4 - 2e-5) * 0.5)
+    assert lr(3000) == pytest.approx(3.555e-4, rel=1e-3)  # the issue's figure for this shape
     step = LRSchedule.from_config(OptimConfig(schedule="step", step_milestones=[70], warmup_epochs=0),
                                   total_batch=512, steps_per_epoch=10, total_steps=800)
     assert step(699) == pytest.approx(2e-4) and step(700) == pytest.approx(2e-5)
+
+
+def test_simmim_vit_export_and_finetune_load_from_the_metadata(tmp_path):
+    """SimMIM's ViT (BEiT layout) exported by a pretrain job: plain timm builds it from the
+    metadata alone and loads it strictly; a fine-tuning backbone of another size takes it too."""
+    import yaml
+
+    from sgmim.models.downstream import create_backbone
+    from sgmim.spec import parse_spec
+    from sgmim.train.distributed import DistEnv
+    from sgmim.train.pretrain import ENCODER_PREFIX, PretrainTask
+    from sgmim.train.weights import load_encoder, read_weights
+
+    data = yaml.safe_load(tiny_spec(tmp_path).read_text())
+    data["config"]["model"]["encoder"] = {"timm_name": "beit_base_patch16_224", "img_size": 64,
+                                          "embed_dim": 64, "depth": 2, "num_heads": 2}
+    task = PretrainTask(parse_spec(data), DistEnv(0, 1, 0, torch.device("cpu")))
+    model = task.build_model()
+    task.export({ENCODER_PREFIX + k: v for k, v in model.encoder_state_dict().items()}, tmp_path, step=3)
+    path = tmp_path / "export" / "encoder.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    plain = timm.create_model(meta["timm_model"], **json.loads(meta["timm_kwargs"]))
+    plain.load_state_dict(load_file(str(path)), strict=True)
+    assert plain.pos_embed is None and plain.rel_pos_bias is not None
+    found = read_weights(path, "encoder")
+    wider = create_backbone(found.timm_name, {**found.timm_kwargs, "img_size": (96, 128)})
+    load_encoder(wider, found.load(), path, "beit 96x128")
+    assert wider.rel_pos_bias.relative_position_bias_table.shape == ((2 * 6 - 1) * (2 * 8 - 1) + 3, 2)
+
+
+def simmim_cosine_lr(t: int, base: float, warmup_init: float, lr_min: float, warmup_t: int,
+                     t_initial: int) -> float:
+    """SimMIM's LR at update t: timm's CosineLRScheduler(t_initial, lr_min, warmup_lr_init,
+    warmup_t, cycle_limit=1, t_in_epochs=False), warmup_prefix False, written out."""
+    if t < warmup_t:
+        return warmup_init + t * (base - warmup_init) / warmup_t
+    if t >= t_initial:
+        return lr_min
+    return lr_min + 0.5 * (base - lr_min) * (1 + math.cos(math.pi * t / t_initial))
+
+
+def test_cosine_lr_follows_simmim_by_default():
+    from timm.scheduler import CosineLRScheduler
+
+    from sgmim.spec.train import OptimConfig
+    from sgmim.train.optim import LRSchedule
+
+    # Swin-B 100 epochs at total batch 1024 (lr 2e-4, warm-up 1e-6, min 1e-5, all × 2), 100
+    # steps per epoch: 1,000 warm-up steps of 10,000.
+    cfg = OptimConfig(base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=10)
+    lr = LRSchedule.from_config(cfg, total_batch=1024, steps_per_epoch=100, total_steps=10_000)
+    timm_lr = CosineLRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=4e-4),
+                                t_initial=10_000, lr_min=2e-5, warmup_lr_init=2e-6, warmup_t=1000,
+                                cycle_limit=1, t_in_epochs=False)
+    for t in (0, 1, 500, 999, 1000, 3000, 5000, 9999, 10_000, 12_000):
+        expected = simmim_cosine_lr(t, 4e-4, 2e-6, 2e-5, 1000, 10_000)
+        assert lr(t) == pytest.approx(expected, rel=1e-9), t
+        assert timm_lr._get_lr(t)[0] == pytest.approx(expected, rel=1e-9), t
+    assert lr(3000) == pytest.approx(3.217e-4, rel=1e-3)   # the issue's figure (3.56e-4 before)
 
 
 def test_param_groups_exempt_norms_biases_and_tokens():
