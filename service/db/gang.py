@@ -103,7 +103,7 @@ class GangRepo(RepoBase):
 
     def occupy_worker(self, s: Session, name: str, job_id: str, attempt: int) -> bool:
         """Inside a claim: mark the worker busy with a single-node job. False (and nothing
-        changed) when a gang reserved it and that node has not started yet: the gang goes first."""
+        changed) when it holds a node of a gang (reserved or running): the gang goes first."""
         row = s.execute(select(Worker).where(Worker.name == name).with_for_update()).scalar_one_or_none()
         if row is None:
             return True  # an unregistered worker (tests, a hand-started one)
@@ -111,7 +111,7 @@ class GangRepo(RepoBase):
             reserved = s.execute(
                 select(JobNode.node_rank).where(
                     JobNode.job_id == row.job_id, JobNode.attempt == row.attempt, JobNode.worker == name,
-                    JobNode.status == NODE_RESERVED,
+                    JobNode.status.in_([NODE_RESERVED, NODE_RUNNING]),
                 )
             ).first()
             if reserved is not None:
