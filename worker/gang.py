@@ -33,7 +33,7 @@ from service.db.repo import JobRepo
 from service.settings import Settings
 from sgmim.spec import AnyJob
 from sgmim.status import JobStatus
-from sgmim.train.launch import Launch, rendezvous_command
+from sgmim.train.launch import Launch, gpu_count, rendezvous_command
 from worker.multinode import NodeLaunch
 from worker.runfiles import last_lines
 from worker.supervisor import CANCEL_POLL_S, ERROR_LOG_LINES, TICK_S, LaunchError, Supervisor, describe_exit
@@ -66,6 +66,12 @@ class GangSupervisor(Supervisor):
     # --- launch --------------------------------------------------------------------------------
 
     def plan(self, spec: AnyJob, spec_path: Path) -> list[NodeLaunch]:
+        have = gpu_count()
+        if have and have < spec.resources.gpus:
+            raise LaunchError(
+                f"the job asks for resources.gpus={spec.resources.gpus} per node, but {self.node.host} "
+                f"has {have} GPU(s)"
+            )
         gang = self.repo.gang_nodes(self.job_id, self.attempt)
         if self.rank == 0:
             port = self.settings.master_port or free_port_on(self.node.address)
@@ -152,6 +158,8 @@ class GangSupervisor(Supervisor):
         for node in self.repo.gang_nodes(self.job_id, self.attempt)[1:]:
             if node.status == NODE_EXITED and node.exit_code not in (0, None):
                 return "failed", node
+            if node.status == NODE_STOPPED:  # while the attempt runs: it could not start
+                return "failed", node
             if node.status == NODE_RESERVED:
                 if (now - node.reserved_at).total_seconds() > self.settings.gang_start_timeout_s:
                     return "lost", node
@@ -174,7 +182,7 @@ class GangSupervisor(Supervisor):
             state = "did not start" if node.status == NODE_RESERVED else "stopped heartbeating"
             reason = f"node {node.node_rank} (worker {node.worker} on {node.host}) {state}"
         else:
-            exit_text = describe_exit(node.exit_code or 0)
+            exit_text = "could not start" if node.exit_code is None else describe_exit(node.exit_code)
             reason = f"node {node.node_rank} (worker {node.worker} on {node.host}): {exit_text}"
         self._log_line(f"{reason}: stopping this attempt's processes")
         self._stop(min(self.settings.cancel_grace_s, 5.0), pump=True)

@@ -5,6 +5,7 @@ Postgres + Redis; the nodes meet through torchrun's c10d rendezvous at node 0, C
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,36 @@ def test_two_gangs_on_three_workers_both_finish(stack: Stack):
         assert len({n.host for n in stack.repo.gang_nodes(job_id, job["attempt"])}) == 2
     # three workers hold one gang at a time: the other waited, with its reason in the job
     assert any("waiting for 2 free workers on distinct hosts" in r for r in reasons), reasons
+
+
+def test_a_node_that_never_starts_releases_the_gang_after_the_timeout(stack: Stack):
+    """A registered worker that never takes its node's message (its box hangs): node 0 gives the
+    attempt up after gang_start_timeout_s (30 s here) and the job runs on boxes that work."""
+    wait_for(lambda: all_free(stack), 30, "every worker free")
+    stop = threading.Event()
+
+    def ghost_heartbeat() -> None:  # sorts between box-1 and box-2: node 1 of the next gang
+        queues = ["sgmim", "sgmim.host.box-15"]
+        stack.repo.register_worker("ghost@box-15", "box-15", "127.0.0.15", 0, [], queues)
+        while not stop.wait(0.5):
+            stack.repo.worker_heartbeat("ghost@box-15")
+
+    beating = threading.Thread(target=ghost_heartbeat, daemon=True)
+    beating.start()
+    try:
+        wait_for(lambda: "box-15" in stack.repo.live_hosts("sgmim", 6), 10, "the ghost registered")
+        job_id = stack.submit(tiny_spec(steps=8, name="gang-ghost", resources=TWO_NODES, max_restarts=1))
+        wait_for(lambda: stack.repo.gang_nodes(job_id, 1), 30, "the first placement")
+        assert stack.repo.gang_nodes(job_id, 1)[1].worker == "ghost@box-15"
+    finally:
+        stop.set()  # the ghost goes stale, so the next placement skips it
+        beating.join(5)
+    job = finish(stack, job_id, 240)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 2 and job["restarts"] == 1
+    gave_up = "node 1 (worker ghost@box-15 on box-15) did not start"
+    assert any(gave_up in line for line in stack.logs(job_id))
+    assert "ghost@box-15" not in {n.worker for n in stack.repo.gang_nodes(job_id, 2)}
+    assert {n.node_rank: n.status for n in stack.repo.gang_nodes(job_id, 1)}[1] == "released"
+    assert not attempt_processes(job_id, 1)
+    stack.repo.unregister_worker("ghost@box-15")
