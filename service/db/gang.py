@@ -200,6 +200,8 @@ class GangRepo(RepoBase):
         names = list(s.execute(select(JobNode.worker).where(unstarted)).scalars())
         s.execute(update(JobNode).where(unstarted).values(status=NODE_RELEASED))
         if names:
+            # lock in name order, as reserve_gang does, so the two never wait on each other
+            s.execute(select(Worker.name).where(Worker.name.in_(names)).order_by(Worker.name).with_for_update())
             s.execute(
                 update(Worker)
                 .where(Worker.name.in_(names), Worker.job_id == job_id, Worker.attempt == attempt)
