@@ -174,7 +174,9 @@ def place_gang(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
     tries again. A send that fails leaves that node reserved and unstarted: node 0 gives the
     attempt up after `gang_start_timeout_s` (or the reaper does, when node 0 is the one
     missing) and the job is placed again."""
-    placed = repo.reserve_gang(job.id, broker.settings.stale_heartbeat_s)
+    settings = broker.settings
+    # a worker missing three registry heartbeats is not given a node (it may have just died)
+    placed = repo.reserve_gang(job.id, min(settings.stale_heartbeat_s, 3 * settings.heartbeat_interval_s))
     if not isinstance(placed, Gang):
         return False
     log.info(
