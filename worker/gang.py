@@ -31,18 +31,19 @@ from service.db.gang import NODE_EXITED, NODE_RESERVED, NODE_RUNNING, NODE_STOPP
 from service.db.models import utcnow
 from service.db.repo import JobRepo
 from service.settings import Settings
+from sgmim import rundir
 from sgmim.spec import AnyJob
 from sgmim.status import JobStatus
 from sgmim.train.launch import Launch, gpu_count, rendezvous_command
 from worker.multinode import NodeLaunch
-from worker.runfiles import last_lines
+from worker.runfiles import LineTail, last_lines, read_json
 from worker.supervisor import CANCEL_POLL_S, ERROR_LOG_LINES, TICK_S, LaunchError, Supervisor, describe_exit
 
 
 def node_log_name(node_rank: int) -> str:
     """Node 0 writes the job's train.log; node r its own file next to it (appends from several
     boxes to one file on shared storage are not atomic)."""
-    return "train.log" if node_rank == 0 else f"train.node{node_rank}.log"
+    return rundir.TRAIN_LOG if node_rank == 0 else f"train.node{node_rank}.log"
 
 
 def free_port_on(address: str) -> int:
@@ -117,14 +118,13 @@ class GangSupervisor(Supervisor):
 
     def _run_peer(self) -> str:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        from worker.runfiles import LineTail, read_json
-
         state = read_json(self.state_path) or {}
-        self.metrics_tail = LineTail(self.run_dir / "metrics.jsonl", 0)
+        # never read here (tail_metrics is off): node 0 moves rank 0's metrics
+        self.metrics_tail = LineTail(self.run_dir / rundir.METRICS, 0)
         self.log_tail = LineTail(self.log_path, int(state.get("log_offset", 0)))
         try:
             spec = self.resolve_spec(self.repo.get(self.job_id).spec)
-            self.nodes = self.plan(spec, self.run_dir / "spec.json")
+            self.nodes = self.plan(spec, self.run_dir / rundir.SPEC)  # node 0 wrote it
         except LaunchError as exc:
             self._log_line(f"node {self.rank} of attempt {self.attempt} does not start: {exc}")
             self.repo.node_ended(self.job_id, self.attempt, self.rank, NODE_STOPPED, None)
