@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery
 
+from service.db.gang import Gang
 from service.queue import (
+    NODE_TASK_NAME,
     REDIS_SEP,
     TASK_NAME,
     filesystem_folders,
+    host_queue,
     make_celery,
     message_priority,
     queue_for,
@@ -68,6 +71,17 @@ class Broker:
             TASK_NAME,
             args=[job_id],
             queue=queue,
+            priority=message_priority(priority, self.url),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
+        )
+
+    def enqueue_node(self, job_id: str, attempt: int, node_rank: int, host: str, priority: int) -> None:
+        """Send one node of a placed gang to its host's own queue."""
+        self.celery.send_task(
+            NODE_TASK_NAME,
+            args=[job_id, attempt, node_rank],
+            queue=host_queue(host, self.settings.default_queue),
             priority=message_priority(priority, self.url),
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
@@ -129,16 +143,20 @@ class QueuedJob(Protocol):
     id: str
     queue: str
     priority: int
+    nodes: int
 
 
 def dispatch(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
     """Send a queued job's wake-up message: mark it sent, send, and unmark it if the send fails.
+    A multi-node job (with `multinode_launcher` workers) is placed instead (`place_gang`).
 
     Marked first, so that a reaper pass in between does not send a second message; a send that
     fails leaves the row unsent (`enqueued_at` NULL) and the reaper's next pass sends it, so a
     stored job is never stranded by a broker that was down. A process that dies between the
     mark and the send leaves a mark older than `unclaimed_requeue_s`, which the reaper resends
     too. A message that arrives twice only fails its second claim."""
+    if job.nodes > 1 and broker.settings.multinode_launcher == "workers":
+        return place_gang(repo, broker, job)
     repo.mark_enqueued(job.id)
     try:
         broker.enqueue(job.id, job.queue, job.priority)
@@ -146,4 +164,30 @@ def dispatch(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
         log.warning("job %s: its wake-up message was not sent (the reaper retries): %s", job.id, exc)
         repo.mark_unsent(job.id)
         return False
+    return True
+
+
+def place_gang(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
+    """Reserve the job's gang (one transaction, all or nothing) and send node r's message to
+    its worker's host queue. False while the job waits: no N free workers on distinct hosts
+    (the reason is in the job's `error`); its `enqueued_at` stays NULL, so every reaper pass
+    tries again. A send that fails leaves that node reserved and unstarted: node 0 gives the
+    attempt up after `gang_start_timeout_s` (or the reaper does, when node 0 is the one
+    missing) and the job is placed again."""
+    settings = broker.settings
+    # a worker missing three registry heartbeats is not given a node (it may have just died)
+    placed = repo.reserve_gang(job.id, min(settings.stale_heartbeat_s, 3 * settings.heartbeat_interval_s))
+    if not isinstance(placed, Gang):
+        return False
+    log.info(
+        "job %s attempt %d placed on %s",
+        job.id,
+        placed.attempt,
+        ", ".join(f"node {n.node_rank}: {n.worker} ({n.host})" for n in placed.nodes),
+    )
+    for node in placed.nodes:
+        try:
+            broker.enqueue_node(job.id, placed.attempt, node.node_rank, node.host, job.priority)
+        except Exception as exc:
+            log.warning("job %s: node %d's message was not sent: %s", job.id, node.node_rank, exc)
     return True

@@ -28,7 +28,9 @@ Priorities: the spec's `priority` 0..9 (9 runs first). Redis serves priority 0 f
 FIFO by send time (file names start with a millisecond clock) whatever the priority.
 
 Queues: `sgmim` by default, `sgmim.<gpu_type>` for a spec with `resources.gpu_type`
-(`queue_for`). A worker listens to the queues of the GPU types it has plus `sgmim`.
+(`queue_for`). A worker listens to the queues of the GPU types it has plus `sgmim`, and to its
+host's own queue `sgmim.host.<host>` (`host_queue`), where a multi-node job's placement sends
+`sgmim.run_node(job_id, attempt, node_rank)` to each chosen worker (service/gang.py).
 """
 
 from __future__ import annotations
@@ -39,12 +41,18 @@ from typing import Any
 from celery import Celery
 
 TASK_NAME = "sgmim.run_job"
+NODE_TASK_NAME = "sgmim.run_node"  # (job_id, attempt, node_rank): one node of a placed gang
 DEFAULT_QUEUE = "sgmim"
 REDIS_SEP = ":"
 
 
 def queue_for(gpu_type: str | None, default_queue: str = DEFAULT_QUEUE) -> str:
     return f"{default_queue}.{gpu_type}" if gpu_type else default_queue
+
+
+def host_queue(host: str, default_queue: str = DEFAULT_QUEUE) -> str:
+    """The queue only the workers of one host consume: a gang's node messages go there."""
+    return f"{default_queue}.host.{host}"
 
 
 def message_priority(spec_priority: int, broker_url: str) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -104,9 +104,28 @@ class Settings(BaseSettings):
         description="worker: after a cancel, how long the trainer's process group has between "
         "SIGTERM and SIGKILL.",
     )
+    multinode_launcher: Literal["workers", "ssh"] = Field(
+        "workers",
+        description="multi-node jobs (resources.nodes > 1): `workers` places the job on N "
+        "registered workers of distinct hosts, each starting its own node (torchrun c10d "
+        "rendezvous, no SSH); `ssh` lets the claiming worker start the other nodes over "
+        "ssh_command from its hostfile. API and workers must agree.",
+    )
+    worker_host: str | None = Field(
+        None,
+        description="worker: this box's identity in the worker registry and its own queue "
+        "(`<default_queue>.host.<worker_host>`); a gang takes at most one worker per host. "
+        "Default: the host name.",
+    )
+    gang_start_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="multi-node jobs: node 0 gives the attempt up (and the job is requeued) when a "
+        "reserved node has not started this long after the placement.",
+    )
     hostfile: Path | None = Field(
         None,
-        description="worker, multi-node jobs (resources.nodes > 1): DeepSpeed-style hostfile, one "
+        description="worker, multi-node jobs with multinode_launcher ssh: DeepSpeed-style hostfile, one "
         "`host slots=N` line per GPU box (# comments). The claiming worker's box is node 0; the "
         "next hosts in file order with enough slots are nodes 1..M-1. Loopback names (and this "
         "box's hostname or node_addr) are launched locally; other hosts over ssh_command.",
@@ -114,8 +133,9 @@ class Settings(BaseSettings):
     node_addr: str | None = Field(
         None,
         description="worker, multi-node jobs: this box's address as the other nodes reach it "
-        "(the master address when this box is node 0). Default: 127.0.0.1 when every node is "
-        "local, else the box's host name as the hostfile spells it.",
+        "(the rendezvous endpoint when this box is node 0; registered in the worker registry). "
+        "Default: the worker_host (launcher workers), or 127.0.0.1 when every node is local, "
+        "else the box's host name as the hostfile spells it (launcher ssh).",
     )
     master_port: int = Field(
         29500,

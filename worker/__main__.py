@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
+from typing import TYPE_CHECKING
 
+from service.queue import host_queue
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.tasks import Identity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,8 +52,33 @@ def node_name(name: str) -> str:
     return name if "@" in name else f"{name}@%h"  # Celery expands %h to the host name
 
 
-def celery_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
+def worker_queues(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The queues asked for, plus the host's own queue when multi-node jobs are placed on workers."""
     queues = [q.strip() for q in (args.queues or settings.default_queue).split(",") if q.strip()]
+    if settings.multinode_launcher == "workers":
+        own = host_queue(worker_host(settings), settings.default_queue)
+        if own not in queues:
+            queues.append(own)
+    return queues
+
+
+def worker_host(settings: Settings) -> str:
+    return settings.worker_host or socket.gethostname()
+
+
+def identity(args: argparse.Namespace, settings: Settings) -> Identity:
+    from worker.tasks import Identity
+
+    queues = worker_queues(args, settings)
+    host = worker_host(settings)
+    prefix = settings.default_queue + "."
+    own = host_queue(host, settings.default_queue)
+    gpu_types = [q.removeprefix(prefix) for q in queues if q.startswith(prefix) and q != own]
+    return Identity(host=host, address=settings.node_addr or host, queues=queues, gpu_types=gpu_types)
+
+
+def celery_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
+    queues = worker_queues(args, settings)
     return [
         "worker",
         "--loglevel",
@@ -82,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
 
     open_repo(settings).db.dispose()  # migrate once, before the pool forks
     app = make_celery(settings)
-    import worker.tasks  # noqa: F401  (registers sgmim.run_job and the reaper's signal handlers)
+    import worker.tasks  # (registers sgmim.run_job, sgmim.run_node and the signal handlers)
+
+    worker.tasks.identity = identity(args, settings)
 
     app.worker_main(celery_argv(args, settings))
 

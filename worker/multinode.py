@@ -1,4 +1,6 @@
-"""Which processes a job starts, on which boxes: one launcher per node.
+"""Which processes a job starts, on which boxes: one launcher per node (single-node jobs, and
+multi-node jobs with `multinode_launcher: ssh`; the default places multi-node jobs on
+registered workers instead, each starting its own node: worker/gang.py).
 
 A job asks for `resources.gpus` processes on each of `resources.nodes` boxes. The worker that
 claims the job is node 0; it builds one launcher argv per node with `sgmim.train.launch`
@@ -20,8 +22,8 @@ order, with at least `gpus` slots. A host may be listed more than once (each lin
 The alternative without SSH (DeepSpeed's `--no_ssh`, deploy/MULTINODE.md) is that every box
 runs its own launcher with its own `--node_rank`; `NodeLaunch.argv` is exactly that command,
 so an operator can start the other nodes by hand from `GET /jobs/{id}/logs` (the supervisor
-logs each node's command). Having another box's *worker* start it automatically would need a
-per-box queue and a free slot on that box at the same moment: not built (see the report).
+logs each node's command). The default launcher does exactly that with the other boxes'
+workers: each consumes its host's own queue, and a gang of free workers is reserved at once.
 """
 
 from __future__ import annotations

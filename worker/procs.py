@@ -5,7 +5,9 @@ Every launcher starts in a session of its own (`start_new_session=True`), so its
 process group id, and it dies with the supervisor (PR_SET_PDEATHSIG). torchrun's ranks run in
 sessions of their own and set PDEATHSIG themselves; processes they fork (DataLoader workers)
 may not. Every process of a run carries `SGMIM_JOB_ID=<job>` and `SGMIM_ATTEMPT=<n>` in its
-environment, which is what `run_processes` looks for.
+environment, which is what `run_processes` looks for; the processes of one node of a
+multi-node job also carry `SGMIM_GANG_NODE=<rank>`, so that a node's sweep spares the other
+nodes' processes when several nodes share a box (the tests).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from sgmim import rundir
+
+ENV_GANG_NODE = "SGMIM_GANG_NODE"
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -41,8 +45,10 @@ def environ_of(pid: int) -> dict[bytes, bytes] | None:
     return env
 
 
-def run_processes(job_id: str, attempt: int | None = None, exclude: Iterable[int] = ()) -> list[int]:
-    """Pids whose environment says they belong to the job (and attempt, when given)."""
+def run_processes(
+    job_id: str, attempt: int | None = None, exclude: Iterable[int] = (), node: int | None = None
+) -> list[int]:
+    """Pids whose environment says they belong to the job (and attempt, and gang node, when given)."""
     if not os.path.isdir("/proc"):
         return []
     skip = {os.getpid(), *exclude}
@@ -55,6 +61,8 @@ def run_processes(job_id: str, attempt: int | None = None, exclude: Iterable[int
         if not env or env.get(rundir.ENV_JOB_ID.encode()) != want_job:
             continue
         if want_attempt is not None and env.get(rundir.ENV_ATTEMPT.encode()) != want_attempt:
+            continue
+        if node is not None and env.get(ENV_GANG_NODE.encode()) != str(node).encode():
             continue
         if _is_zombie(int(name)):
             continue
@@ -71,9 +79,10 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
-def kill_strays(job_id: str, attempt: int, timeout: float = 5.0) -> list[int]:
-    """SIGKILL every process of this attempt still alive; returns the pids that were found."""
-    found = run_processes(job_id, attempt)
+def kill_strays(job_id: str, attempt: int, timeout: float = 5.0, node: int | None = None) -> list[int]:
+    """SIGKILL every process of this attempt (of this gang node, when given) still alive;
+    returns the pids that were found."""
+    found = run_processes(job_id, attempt, node=node)
     deadline = time.monotonic() + timeout
     seen = set(found)
     while found:
@@ -83,7 +92,7 @@ def kill_strays(job_id: str, attempt: int, timeout: float = 5.0) -> list[int]:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
-        found = run_processes(job_id, attempt)
+        found = run_processes(job_id, attempt, node=node)
         seen.update(found)
     return sorted(seen)
 

@@ -127,6 +127,10 @@ class Supervisor:
         self.job_id, self.attempt, self.worker_name = job_id, attempt, worker_name
         self.run_dir = settings.run_dir(job_id)
         self.log_path = self.run_dir / rundir.TRAIN_LOG
+        self.state_path = self.run_dir / rundir.WORKER_STATE
+        self.log_tag = ""  # prefix of this supervisor's log lines in the database (gang nodes)
+        self.tail_metrics = True  # only the job's owner moves metrics (rank 0 writes them)
+        self.gang_node: int | None = None  # the node rank of a multi-node job placed on workers
         self.procs: list[subprocess.Popen] = []
         self.nodes: list[NodeLaunch] = []
         self.step: int | None = None
@@ -153,7 +157,7 @@ class Supervisor:
 
     def _run(self) -> str:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = read_json(self.run_dir / rundir.WORKER_STATE) or {}
+        state = read_json(self.state_path) or {}
         self.metrics_tail = LineTail(self.run_dir / rundir.METRICS, int(state.get("metrics_offset", 0)))
         self.log_tail = LineTail(self.log_path, int(state.get("log_offset", 0)))
         self.recorded = {c.name for c in self.repo.checkpoints(self.job_id) if c.kind == "deepspeed"}
@@ -232,6 +236,8 @@ class Supervisor:
              rundir.ENV_LOG_TO_STDOUT: "0"},
             PYTHONUNBUFFERED="1",
         )
+        if self.gang_node is not None:
+            env[procs.ENV_GANG_NODE] = str(self.gang_node)
         local_nodes = sum(node.local for node in self.nodes)
         if local_nodes > 1 and gpu_count() == 0:
             env = local_threads(env, local_nodes * self.nodes[0].launch.nproc_per_node)
@@ -296,6 +302,9 @@ class Supervisor:
                 next_cancel_check = now + CANCEL_POLL_S
                 if self._db(self.repo.is_cancel_requested, self.job_id) is True:
                     return self._cancel()
+                outcome = self._attempt_check()
+                if outcome is not None:
+                    return outcome
             if now >= next_heartbeat:
                 next_heartbeat = now + settings.heartbeat_interval_s
                 status = self._db(self.repo.heartbeat, self.job_id, self.attempt, self.progress())
@@ -304,6 +313,11 @@ class Supervisor:
                 if status == JobStatus.CANCELLING:
                     return self._cancel()
             time.sleep(TICK_S)
+
+    def _attempt_check(self) -> str | None:
+        """An outcome when the attempt must end for a reason outside this box (a gang's node
+        failed or vanished); None: go on."""
+        return None
 
     def progress(self) -> dict[str, Any]:
         return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch}
@@ -322,6 +336,8 @@ class Supervisor:
                 self.total_steps = info["total_steps"]
 
     def _pump_metrics(self, final: bool) -> int:
+        if not self.tail_metrics:
+            return 0
         before = self.metrics_tail.offset
         lines = self.metrics_tail.read(final=final)
         if not lines:
@@ -345,7 +361,7 @@ class Supervisor:
         lines = self.log_tail.read(final=final)
         if not lines:
             return 0
-        text = [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+        text = [self.log_tag + line.decode("utf-8", "replace").rstrip("\r") for line in lines]
         try:
             for i in range(0, len(text), BATCH):
                 self.repo.append_logs(self.job_id, text[i : i + BATCH])
@@ -358,7 +374,7 @@ class Supervisor:
     def _save_state(self) -> None:
         with contextlib.suppress(OSError):
             write_json_atomic(
-                self.run_dir / rundir.WORKER_STATE,
+                self.state_path,
                 {
                     "metrics_offset": self.metrics_tail.offset,
                     "log_offset": self.log_tail.offset,
@@ -385,7 +401,7 @@ class Supervisor:
         (`pump`: keep moving log lines into the database meanwhile)."""
         grace = self.settings.cancel_grace_s if grace_s is None else grace_s
         procs.stop_groups(self.procs, grace, on_wait=self._pump if pump else None)
-        strays = procs.kill_strays(self.job_id, self.attempt)
+        strays = procs.kill_strays(self.job_id, self.attempt, node=self.gang_node)
         if strays:
             log.warning("job %s attempt %d: killed leftover processes %s", self.job_id, self.attempt, strays)
 
@@ -423,7 +439,7 @@ class Supervisor:
             else:
                 codes = [p.returncode if c is None else c for p, c in zip(self.procs, codes, strict=True)]
         else:
-            strays = procs.kill_strays(self.job_id, self.attempt)
+            strays = procs.kill_strays(self.job_id, self.attempt, node=self.gang_node)
             if strays:
                 log.warning(
                     "job %s attempt %d: killed leftover processes %s", self.job_id, self.attempt, strays

@@ -24,6 +24,12 @@ The reaper (`service.reaper.reap_once`) runs in the worker's main process every
 `settings.reaper_interval_s`, in a daemon thread started on `worker_ready`, unless the API runs
 it (`settings.reaper_in_api`). Several reapers are harmless (each requeue re-checks the row).
 
+Multi-node jobs (`multinode_launcher` workers): the worker registers itself in the database on
+`worker_ready` (host, address, GPUs, queues) and heartbeats its row from a daemon thread of the
+main process; a placed gang's `sgmim.run_node(job_id, attempt, node_rank)` arrives on the host's
+own queue and runs that node (worker/gang.py). Every task frees the worker's row when it ends.
+A single-node claim refused because a gang reserved this worker sends the job's message again.
+
 Nothing here imports torch (the launcher module and the spec schema are torch-free), so the
 worker process never initialises CUDA; the ranks the supervisor starts do.
 """
@@ -39,11 +45,14 @@ from dataclasses import dataclass
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from service.broker import Broker
+from service.broker import Broker, dispatch
 from service.db import open_repo
 from service.db.repo import JobRepo
-from service.queue import TASK_NAME
+from service.queue import NODE_TASK_NAME, TASK_NAME
 from service.settings import Settings
+from sgmim.status import JobStatus
+from sgmim.train.launch import gpu_count
+from worker.gang import GangSupervisor
 from worker.supervisor import Supervisor
 
 log = logging.getLogger("worker.tasks")
@@ -100,17 +109,71 @@ def execute(job_id: str, worker_name: str) -> str:
         return "claim-error"
     if attempt is None:
         try:
-            status = rt.repo.get(str(job_id)).status
+            job = rt.repo.get(str(job_id))
         except Exception:
-            status = "unknown"
+            job = None
+        if job is not None and job.status == JobStatus.QUEUED:
+            log.info("job %s: not claimed: a multi-node job reserved this worker; sending it again", job_id)
+            _resend(job)
+            return "reserved"
         log.info(
-            "job %s: not claimed (it is %s): already claimed or cancelled, nothing to do", job_id, status
+            "job %s: not claimed (it is %s): already claimed or cancelled, nothing to do",
+            job_id,
+            job.status if job is not None else "unknown",
         )
         return "not-claimed"
     log.info("job %s: claimed by %s, attempt %d", job_id, worker_name, attempt)
-    outcome = Supervisor(rt.repo, rt.settings, str(job_id), attempt, worker_name).run()
+    try:
+        outcome = Supervisor(rt.repo, rt.settings, str(job_id), attempt, worker_name).run()
+    finally:
+        _release(worker_name, str(job_id))
     log.info("job %s attempt %d: %s", job_id, attempt, outcome)
     return outcome
+
+
+@shared_task(name=NODE_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def run_node(self, job_id: str, attempt: int, node_rank: int) -> str:
+    """Run one node of a placed multi-node attempt. Returns the node's outcome (for logs)."""
+    name = self.request.hostname or worker_identity_name()
+    return execute_node(str(job_id), int(attempt), int(node_rank), name)
+
+
+def execute_node(job_id: str, attempt: int, node_rank: int, worker_name: str) -> str:
+    rt = runtime()
+    try:
+        node = rt.repo.start_node(job_id, attempt, node_rank, worker_name)
+    except Exception:
+        log.exception("job %s node %d: start failed (database unreachable?)", job_id, node_rank)
+        return "start-error"
+    if node is None:
+        log.info("job %s attempt %d node %d: not started (the attempt ended or the node runs already)",
+                 job_id, attempt, node_rank)
+        return "not-started"
+    log.info("job %s attempt %d: node %d started by %s", job_id, attempt, node_rank, worker_name)
+    try:
+        outcome = GangSupervisor(rt.repo, rt.settings, node, worker_name).run()
+    finally:
+        _release(worker_name, job_id)
+    log.info("job %s attempt %d node %d: %s", job_id, attempt, node_rank, outcome)
+    return outcome
+
+
+def _release(worker_name: str, job_id: str) -> None:
+    try:
+        runtime().repo.release_worker(worker_name, job_id)
+    except Exception:
+        log.exception("worker %s: could not free its row after job %s", worker_name, job_id)
+
+
+def _resend(job: object) -> None:
+    rt = runtime()
+    broker = Broker(rt.settings)
+    try:
+        dispatch(rt.repo, broker, job)  # type: ignore[arg-type]
+    except Exception:
+        log.exception("could not send the message again; the reaper will")
+    finally:
+        broker.close()
 
 
 # The reaper -------------------------------------------------------------------------------------
@@ -140,6 +203,69 @@ def reaper_loop(settings: Settings, stop: threading.Event) -> None:
                 )
     finally:
         broker.close()
+
+
+# The worker registry ------------------------------------------------------------------------------
+
+
+@dataclass
+class Identity:
+    """Who this worker is in the registry (set by `python -m worker` before the worker starts)."""
+
+    host: str
+    address: str
+    queues: list[str]
+    gpu_types: list[str]
+    name: str = ""
+
+
+identity: Identity | None = None
+_registry_stop = threading.Event()
+
+
+def worker_identity_name() -> str:
+    return identity.name if identity and identity.name else f"worker@{socket.gethostname()}"
+
+
+def _register(rt: Runtime, ident: Identity) -> None:
+    rt.repo.register_worker(ident.name, ident.host, ident.address, gpu_count(), ident.gpu_types, ident.queues)
+
+
+def registry_loop(ident: Identity, stop: threading.Event) -> None:
+    rt = runtime()
+    while not stop.wait(rt.settings.heartbeat_interval_s):
+        try:
+            if not rt.repo.worker_heartbeat(ident.name):
+                _register(rt, ident)
+        except Exception:
+            log.warning("worker %s: registry heartbeat failed", ident.name, exc_info=True)
+
+
+@worker_ready.connect
+def _register_worker(sender: object = None, **_kwargs: object) -> None:
+    if identity is None:
+        return
+    identity.name = str(getattr(sender, "hostname", "") or identity.name)
+    try:
+        _register(runtime(), identity)
+    except Exception:
+        log.exception("worker %s: could not register (the heartbeat thread retries)", identity.name)
+    _registry_stop.clear()
+    threading.Thread(
+        target=registry_loop, args=(identity, _registry_stop), name="sgmim-registry", daemon=True
+    ).start()
+    log.info("registered as %s on host %s (%s), queues %s", identity.name, identity.host, identity.address,
+             ",".join(identity.queues))
+
+
+@worker_shutdown.connect
+def _unregister_worker(**_kwargs: object) -> None:
+    _registry_stop.set()
+    if identity is not None and identity.name:
+        try:
+            runtime().repo.unregister_worker(identity.name)
+        except Exception:
+            log.warning("worker %s: could not unregister", identity.name, exc_info=True)
 
 
 @worker_ready.connect

@@ -84,6 +84,7 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0, doc="claims so far; 0 = never started")
     worker: Mapped[str | None] = mapped_column(String(255))
     queue: Mapped[str] = mapped_column(String(128))
+    nodes: Mapped[int] = mapped_column(Integer, default=1, doc="resources.nodes: > 1 is placed as a gang")
     step: Mapped[int | None] = mapped_column(BigInteger)
     total_steps: Mapped[int | None] = mapped_column(BigInteger)
     epoch: Mapped[float | None] = mapped_column(Float)
@@ -192,3 +193,42 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Worker(Base):
+    """A registered worker (one Celery node): written by the worker itself at start and by its
+    heartbeat thread; a row whose heartbeat is older than `stale_heartbeat_s` is a gone worker."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True, doc="the Celery node name")
+    host: Mapped[str] = mapped_column(String(255), index=True, doc="the box's identity (one per box)")
+    address: Mapped[str] = mapped_column(String(255), doc="where the other nodes' ranks reach this box")
+    gpus: Mapped[int] = mapped_column(Integer, doc="visible GPUs (0: a CPU-only worker)")
+    gpu_types: Mapped[list[str]] = mapped_column(JSONType, doc="GPU types it serves (from its queues)")
+    queues: Mapped[list[str]] = mapped_column(JSONType)
+    job_id: Mapped[str | None] = mapped_column(String(32), doc="the job it runs or is reserved for")
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobNode(Base):
+    """One node of a multi-node attempt: which worker runs node rank r, and how far it got
+    (reserved -> running -> exited | stopped | lost)."""
+
+    __tablename__ = "job_nodes"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer, doc="node 0: the rendezvous port, once chosen")
+    status: Mapped[str] = mapped_column(String(16))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    reserved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

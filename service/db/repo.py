@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, defer
 from service.db.base import clean_text
 from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
 from service.db.events import EventRepo
+from service.db.gang import GangRepo
 from service.db.models import Attempt, Checkpoint, IdempotencyKey, Job, StatusEvent, utcnow
 from service.db.records import RecordRepo
 from service.db.tokens import TokenRepo
@@ -108,6 +109,7 @@ class QueuedJob:
     priority: int
     enqueued_at: dt.datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    nodes: int = 1
 
 
 PROGRESS_FIELDS = ("step", "total_steps", "epoch")
@@ -123,8 +125,9 @@ def _progress_values(progress: dict[str, Any] | None) -> dict[str, Any]:
 # The repository --------------------------------------------------------------------------------
 
 
-class JobRepo(EventRepo, RecordRepo, TokenRepo):
-    """The job lifecycle, with the event, record and token operations composed in."""
+class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
+    """The job lifecycle, with the event, record, token and worker-registry/gang operations
+    composed in."""
 
     # --- status machine --------------------------------------------------------------------
 
@@ -254,6 +257,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
                     restarts=0,
                     attempt=0,
                     queue=queue,
+                    nodes=int((spec.get("resources") or {}).get("nodes", 1)),
                     last_seq=1,
                     created_at=now,
                     updated_at=now,
@@ -424,8 +428,9 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
 
     def claim_job(self, job_id: str, worker_name: str) -> int | None:
         """queued -> running for this worker; returns the attempt number, or None when the job is
-        not queued (claimed by someone else, cancelled, gone). Atomic: of two concurrent claims
-        exactly one wins."""
+        not queued (claimed by someone else, cancelled, gone) or when a gang has reserved this
+        worker (the job stays queued; the caller sends its message again). Atomic: of two
+        concurrent claims exactly one wins."""
         now = utcnow()
         with self.db.write() as s:
             try:
@@ -435,6 +440,8 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
             if job.status != JobStatus.QUEUED:
                 return None
             attempt = job.attempt + 1
+            if not self.occupy_worker(s, worker_name, job_id, attempt):
+                return None
             self._transition(
                 s,
                 job,
@@ -495,6 +502,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
             if status == JobStatus.CANCELLED and job.status == JobStatus.RUNNING:
                 raise InvalidTransition(job_id, job.status, status, "finish as cancelled")
             self._transition(s, job, status, error=error, finished_at=now, **_progress_values(progress))
+            self._release_unstarted(s, job_id, attempt)
             s.execute(
                 update(Attempt)
                 .where(Attempt.job_id == job_id, Attempt.attempt == attempt)
@@ -531,22 +539,28 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
         cutoff = utcnow() - dt.timedelta(seconds=threshold_s)
         with self.db.read() as s:
             return [
-                QueuedJob(r.id, r.queue, r.priority, r.enqueued_at)
+                QueuedJob(r.id, r.queue, r.priority, r.enqueued_at, nodes=r.nodes)
                 for r in s.execute(
-                    select(Job.id, Job.queue, Job.priority, Job.enqueued_at)
+                    select(Job.id, Job.queue, Job.priority, Job.enqueued_at, Job.nodes)
                     .where(Job.status == JobStatus.QUEUED,
                            (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff))
                     .order_by(Job.id)
                 )
             ]
 
-    def requeue(self, job_id: str, reason: str = "worker lost (stale heartbeat)") -> str:
-        """Reaper: recover a running/cancelling job whose worker vanished. Returns the new status:
-        running -> queued while restarts < max_restarts (restarts += 1), else -> failed;
-        cancelling -> cancelled. The caller sends the job's message again when it is queued."""
+    def requeue(
+        self, job_id: str, reason: str = "worker lost (stale heartbeat)", attempt: int | None = None
+    ) -> str | None:
+        """Reaper: recover a running/cancelling job whose worker vanished (node 0 of a gang: one
+        of its nodes vanished). Returns the new status: running -> queued while restarts <
+        max_restarts (restarts += 1), else -> failed; cancelling -> cancelled. The caller sends
+        the job's message again when it is queued. With `attempt`: None (nothing changed) when
+        that attempt no longer owns the job."""
         now = utcnow()
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
+            if attempt is not None and (job.attempt != attempt or job.status not in ACTIVE):
+                return None
             if job.status == JobStatus.CANCELLING:
                 self._transition(s, job, JobStatus.CANCELLED, action="requeue", finished_at=now)
                 target = JobStatus.CANCELLED
@@ -575,6 +589,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
                 )
                 .values(finished_at=now, status="lost", error=reason)
             )
+            self._release_unstarted(s, job_id, job.attempt)
             return target
 
 

@@ -99,9 +99,19 @@ def _submit(
         repo.check_parent(
             spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
         )
+    queue = broker.queue_for(spec.resources.gpu_type)
+    if spec.resources.nodes > 1 and settings.multinode_launcher == "workers":
+        hosts = repo.live_hosts(queue, settings.stale_heartbeat_s)
+        if len(hosts) < spec.resources.nodes:
+            raise SpecValidationError(
+                [("resources.nodes", f"the job asks for {spec.resources.nodes} nodes, but only "
+                  f"{len(hosts)} host(s) have a live worker serving queue {queue}"
+                  + (f" ({', '.join(sorted(hosts))})" if hosts else "")
+                  + "; a multi-node job runs one node per host")],
+            )
     result = repo.submit(
         spec.model_dump(mode="json"),
-        queue=broker.queue_for(spec.resources.gpu_type),
+        queue=queue,
         idempotency_key_hash=key_hash,
         body_hash=body_hash,
         idempotency_ttl_s=settings.idempotency_ttl_s,

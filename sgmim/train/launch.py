@@ -56,6 +56,29 @@ def command(spec_path: Path, run_dir: Path, launch: Launch) -> list[str]:
             f"--master_port={launch.master_port}", "--max_restarts=0", *entry]
 
 
+def rendezvous_command(
+    spec_path: Path,
+    run_dir: Path,
+    launch: Launch,
+    *,
+    rdzv_id: str,
+    is_host: bool,
+    local_addr: str,
+    join_timeout_s: int = 600,
+) -> list[str]:
+    """One node of a multi-node job started by its own box (no SSH): torchrun with the c10d
+    rendezvous at `launch.master_addr:launch.master_port` (hosted by node 0: `is_host`), the id
+    unique per job attempt so that a late node of an old attempt never joins a new one. The
+    ranks reach this node at `local_addr`."""
+    entry = ["-m", "sgmim.train", str(spec_path), "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "torch.distributed.run",
+            f"--nproc-per-node={launch.nproc_per_node}", f"--nnodes={launch.nnodes}",
+            f"--node-rank={launch.node_rank}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={launch.master_addr}:{launch.master_port}", f"--rdzv-id={rdzv_id}",
+            f"--rdzv-conf=is_host={str(is_host).lower()},join_timeout={int(join_timeout_s)}",
+            f"--local-addr={local_addr}", "--max-restarts=0", *entry]
+
+
 def environment(launch: Launch, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for the launcher: unbuffered output, and on a CPU-only box the cores split
     between local ranks (two ranks on two cores each wanting every core is ~3× slower)."""

@@ -355,3 +355,6 @@ def test_overrides(overrides):
     multinode = services(overrides["compose.multinode.yml"])["worker"]
     assert multinode["network_mode"] == "host"
     assert "NCCL_SOCKET_IFNAME" in env_mapping(multinode)
+    # each box registers the address the other nodes reach it at, and the rendezvous port
+    assert env_mapping(multinode)["SGMIM_NODE_ADDR"].startswith("${SGMIM_NODE_ADDR:?")
+    assert env_mapping(multinode)["SGMIM_MASTER_PORT"] == "${SGMIM_MASTER_PORT:-29500}"

@@ -172,13 +172,17 @@ class Stack:
     def worker(self) -> Worker:
         return self.workers[-1]
 
-    def start_worker(self, name: str, ready_timeout: float = 60) -> Worker:
+    def start_worker(
+        self, name: str, ready_timeout: float = 60, concurrency: int = 2, **env: str
+    ) -> Worker:
+        """`env`: extra SGMIM_* settings of this worker (e.g. its host identity)."""
         log = self.folder / f"{name}.log"
-        out = open(log, "wb")  # noqa: SIM115
+        start = log.stat().st_size if log.exists() else 0
+        out = open(log, "ab")  # noqa: SIM115  (a restarted worker appends)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--concurrency", "2", "--name", name],
+            [sys.executable, "-m", "worker", "--concurrency", str(concurrency), "--name", name],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -187,7 +191,7 @@ class Stack:
         worker = Worker(name, proc, log)
         self.workers.append(worker)
         wait_for(
-            lambda: proc.poll() is not None or " ready." in worker.text(),
+            lambda: proc.poll() is not None or b" ready." in log.read_bytes()[start:],
             ready_timeout,
             f"worker {name} to be ready",
         )
@@ -265,10 +269,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         SGMIM_DATA_DIR=str(settings.data_dir),
         SGMIM_DATABASE_URL=database_url,
         SGMIM_HOSTFILE=str(hostfile),
+        SGMIM_MULTINODE_LAUNCHER="ssh",  # this stack tests the hostfile launcher; test_gang the other
         **WORKER_ENV,
         **({"SGMIM_BROKER_URL": broker_url} if broker_url else {}),
     )
-    api, url = start_uvicorn(settings, log=folder / "api.log")
+    api, url = start_uvicorn(settings, {"SGMIM_MULTINODE_LAUNCHER": "ssh"}, log=folder / "api.log")
     db = Database.from_settings(settings)
     st = Stack(request.param, settings, url, env, JobRepo(db), httpx.Client(base_url=url, timeout=30), folder)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
-from worker.__main__ import celery_argv, parse_args
+from worker.__main__ import celery_argv, identity, parse_args
 from worker.multinode import (
     HostEntry,
     PlanError,
@@ -139,7 +139,7 @@ def test_local_names():
 
 
 def test_worker_command_line_defaults_and_flags():
-    settings = Settings(data_dir=Path("/tmp/x"))
+    settings = Settings(data_dir=Path("/tmp/x"), multinode_launcher="ssh")
     argv = celery_argv(parse_args([]), settings)
     assert argv[0] == "worker"
     flags = dict(zip(argv[1::2], argv[2::2], strict=False))
@@ -154,6 +154,16 @@ def test_worker_command_line_defaults_and_flags():
     assert flags["--hostname"] == "gpu@%h"
     assert dict(zip(argv[1::2], argv[2::2], strict=False))["--hostname"] == "gpu@%h"
     assert celery_argv(parse_args(["--name", "a@b"]), settings)[argv.index("--hostname") + 1] == "a@b"
+
+
+def test_a_worker_also_consumes_its_host_queue_and_registers_what_it_serves():
+    settings = Settings(data_dir=Path("/tmp/x"), worker_host="box-a", node_addr="10.0.0.1")
+    args = parse_args(["--queues", "sgmim,sgmim.h100"])
+    flags = dict(zip(celery_argv(args, settings)[1::2], celery_argv(args, settings)[2::2], strict=False))
+    assert flags["--queues"] == "sgmim,sgmim.h100,sgmim.host.box-a"
+    me = identity(args, settings)
+    assert (me.host, me.address, me.gpu_types) == ("box-a", "10.0.0.1", ["h100"])
+    assert identity(parse_args([]), Settings(data_dir=Path("/tmp/x"), worker_host="b")).address == "b"
 
 
 def test_serve_with_worker_starts_the_same_worker(monkeypatch, tmp_path):
