@@ -170,6 +170,24 @@ class EventBatch:
 
 
 @dataclass
+class Curve:
+    """One metric by step; `low`/`high`: each bucket's min and max when it was downsampled."""
+
+    steps: list[int]
+    values: list[float | None]
+    low: list[float | None] | None
+    high: list[float | None] | None
+    points: int  # stored points it stands for
+
+
+@dataclass
+class MetricSeries:
+    status: str
+    last_seq: int
+    curves: dict[str, Curve]
+
+
+@dataclass
 class SubmitResult:
     job: Job
     created: bool
@@ -474,13 +492,17 @@ class JobRepo:
         kind: Sequence[str] | None = None,
         limit: int = 50,
         before_id: str | None = None,
+        name_contains: str | None = None,
     ) -> list[Job]:
-        """Newest first (ids are time-sortable); `before_id` is the cursor: ids below it."""
+        """Newest first (ids are time-sortable); `before_id` is the cursor: ids below it;
+        `name_contains`: a case-insensitive substring of the name (no wildcards)."""
         stmt = select(Job).options(defer(Job.spec), defer(Job.evaluation))
         if status:
             stmt = stmt.where(Job.status.in_(list(status)))
         if kind:
             stmt = stmt.where(Job.kind.in_(list(kind)))
+        if name_contains:
+            stmt = stmt.where(func.lower(Job.name).contains(name_contains.lower(), autoescape=True))
         if before_id is not None:
             stmt = stmt.where(Job.id < before_id)
         stmt = stmt.order_by(Job.id.desc()).limit(limit)
@@ -649,6 +671,144 @@ class JobRepo:
         with self.db.read() as s:
             self._require(s, job_id)
             return s.execute(select(Job.evaluation).where(Job.id == job_id)).scalar_one()
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        """The job's claims by workers, first to last."""
+        with self.db.read() as s:
+            self._require(s, job_id)
+            rows = list(
+                s.execute(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt)).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def status_history(self, job_id: str) -> list[StatusEvent]:
+        """Every status change of the job, in order."""
+        with self.db.read() as s:
+            self._require(s, job_id)
+            rows = list(
+                s.execute(
+                    select(StatusEvent).where(StatusEvent.job_id == job_id).order_by(StatusEvent.seq)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def children(self, job_id: str, limit: int = 100) -> list[Job]:
+        """Jobs whose parent is this one, oldest first."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Job)
+                    .options(defer(Job.spec), defer(Job.evaluation))
+                    .where(Job.parent_id == job_id)
+                    .order_by(Job.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def series(self, job_id: str, names: Sequence[str] | None, max_points: int) -> MetricSeries:
+        """The job's metric curves by step for display, at most `max_points` points per name.
+
+        A longer curve is averaged over equal step buckets in the database (with each bucket's
+        min and max), so a 100,000-point curve never leaves it whole. Only points up to the
+        returned `last_seq` are included: a live view continues with the events after it."""
+        with self.db.read() as s:
+            status, last_seq = self._require(s, job_id)
+            base = [Metric.job_id == job_id, Metric.seq <= last_seq, Metric.step.is_not(None)]
+            if names:
+                base.append(Metric.name.in_(list(names)))
+            stats = s.execute(
+                select(Metric.name, func.count(), func.min(Metric.step), func.max(Metric.step))
+                .where(*base)
+                .group_by(Metric.name)
+                .order_by(Metric.name)
+            ).all()
+            curves = {}
+            for name, count, lo, hi in stats:
+                where = [*base, Metric.name == name]
+                if count <= max_points:
+                    curves[name] = self._full_curve(s, where, int(count))
+                else:
+                    curves[name] = self._bucketed_curve(s, where, int(lo), int(hi), int(count), max_points)
+            return MetricSeries(status, last_seq, curves)
+
+    @staticmethod
+    def _full_curve(s: Session, where: list[Any], count: int) -> Curve:
+        by_step: dict[int, float | None] = {}
+        for step, value in s.execute(select(Metric.step, Metric.value).where(*where).order_by(Metric.seq)):
+            by_step[int(step)] = finite_or_none(value)  # a re-run step keeps its latest value
+        steps = sorted(by_step)
+        return Curve(steps, [by_step[k] for k in steps], None, None, count)
+
+    @staticmethod
+    def _bucketed_curve(s: Session, where: list[Any], lo: int, hi: int, count: int, max_points: int) -> Curve:
+        width = max(1, math.ceil((hi - lo + 1) / max_points))
+        bucket = ((Metric.step - lo) // width).label("bucket")
+        rows = s.execute(
+            select(
+                bucket,
+                func.min(Metric.step),
+                func.avg(Metric.value),
+                func.min(Metric.value),
+                func.max(Metric.value),
+            )
+            .where(*where)
+            .group_by(bucket)
+            .order_by(bucket)
+        ).all()
+        return Curve(
+            [int(r[1]) for r in rows],
+            [finite_or_none(r[2]) for r in rows],
+            [finite_or_none(r[3]) for r in rows],
+            [finite_or_none(r[4]) for r in rows],
+            count,
+        )
+
+    def running_jobs(self) -> list[Job]:
+        """running and cancelling jobs (with their spec: the resources they asked for), oldest first."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Job)
+                    .options(defer(Job.evaluation))
+                    .where(Job.status.in_(list(ACTIVE)))
+                    .order_by(Job.id)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def queued_jobs(self, limit: int = 200) -> list[Job]:
+        """queued jobs in the order workers take them: per queue, priority 9 first, then oldest."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Job)
+                    .options(defer(Job.evaluation))
+                    .where(Job.status == "queued")
+                    .order_by(Job.queue, Job.priority.desc(), Job.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def recent_attempts(self, since: dt.datetime, limit: int = 500) -> list[Attempt]:
+        """Attempts started since `since`, newest first (who ran what lately)."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Attempt)
+                    .where(Attempt.started_at >= since)
+                    .order_by(Attempt.started_at.desc())
+                    .limit(limit)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
 
     def count_by_status(self) -> dict[str, int]:
         with self.db.read() as s:
