@@ -35,6 +35,7 @@
       this.charts = new Map();   // group key -> {div, traces: Map(label -> trace), title}
       this.dirty = new Set();
       this.timer = null;
+      this.revision = 0;
     }
 
     chart(metric) {
@@ -94,6 +95,7 @@
           legend: { orientation: "h", y: -0.25, font: { size: 11 } },
           showlegend: chart.traces.size > 1,
           uirevision: "keep",
+          datarevision: ++this.revision,  // the traces' arrays change in place
         };
         if (chart.title === "Learning rate") layout.yaxis = { exponentformat: "e" };
         Plotly.react(chart.div, [...chart.traces.values()], layout, { displaylogo: false, responsive: true });
