@@ -28,7 +28,7 @@ def local_target(value: str | None) -> str:
 def sign_in_form(request: Request, next: Annotated[str | None, Query(max_length=2048)] = None) -> Response:
     if not request.app.state.auth.enabled:
         return RedirectResponse(local_target(next), status_code=303)
-    return page(request, "signin.html", {"next": local_target(next), "error": None})
+    return page(request, "signin.html", {"next": local_target(next), "error": None, "signin_page": True})
 
 
 @router.post("/signin")
@@ -44,7 +44,7 @@ async def sign_in(request: Request, settings: SettingsDep) -> Response:
         return RedirectResponse(target, status_code=303)
     if not token or not await auth.check(token):
         error = "That token is not valid." if token else "Enter a token."
-        return page(request, "signin.html", {"next": target, "error": error}, status_code=401)
+        return page(request, "signin.html", {"next": target, "error": error, "signin_page": True}, status_code=401)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

@@ -56,7 +56,7 @@
       const chart = this.chart(metric);
       let trace = chart.traces.get(label);
       if (!trace) {
-        trace = { x: [], y: [], name: label, type: "scatter", mode: "lines", line: { width: 1.6 } };
+        trace = { x: [], y: [], name: label, type: "scatter", mode: "lines", line: { width: 1.6 }, marker: { size: 4 } };
         chart.traces.set(label, trace);
       }
       return [chart, trace];
@@ -88,11 +88,12 @@
     draw() {
       this.timer = null;
       for (const chart of this.dirty) {
+        for (const trace of chart.traces.values()) trace.mode = trace.x.length < 60 ? "lines+markers" : "lines";
         const layout = {
           title: { text: chart.title, font: { size: 13 } },
-          margin: { l: 55, r: 10, t: 32, b: 36 },
-          xaxis: { title: { text: "step" } },
-          legend: { orientation: "h", y: -0.25, font: { size: 11 } },
+          margin: { l: 55, r: 10, t: 32, b: 40 },
+          xaxis: { title: { text: "step", standoff: 4 } },
+          legend: { orientation: "h", y: -0.32, font: { size: 11 } },
           showlegend: chart.traces.size > 1,
           uirevision: "keep",
           datarevision: ++this.revision,  // the traces' arrays change in place

@@ -12,6 +12,8 @@
   const resumeButton = document.getElementById("resume");
   const result = document.getElementById("action-result");
   const MAX_LOG_LINES = 5000;
+  const note = document.getElementById("curves-note");
+  const NO_METRICS = "no metrics yet";
   let lastLogSeq = 0;
   let stopPolling = null;
 
@@ -35,7 +37,9 @@
     let logTimer = null;
     events.addEventListener("metric", (event) => {
       const point = JSON.parse(event.data);
-      if (point.step !== null && point.step !== undefined) charts.push(point.name, point.step, point.value);
+      if (point.step === null || point.step === undefined) return;
+      charts.push(point.name, point.step, point.value);
+      if (note.textContent === NO_METRICS) note.textContent = "";
     });
     events.addEventListener("log", (event) => {
       const line = JSON.parse(event.data);
@@ -84,7 +88,7 @@
     for (const name of names) charts.set(name, curves[name].steps, curves[name].values);
     const thinned = names.filter((n) => curves[n].downsampled);
     document.getElementById("curves-note").textContent =
-      names.length === 0 ? "no metrics yet" :
+      names.length === 0 ? NO_METRICS :
       thinned.length ? `downsampled for display (bucket means): ${thinned.map((n) => `${n} ${curves[n].points} points`).join(", ")}` : "";
     const logs = await sgmim.get(`${base}/logs?tail=500`);
     if (logs.ok) {
