@@ -44,7 +44,9 @@ async def sign_in(request: Request, settings: SettingsDep) -> Response:
         return RedirectResponse(target, status_code=303)
     if not token or not await auth.check(token):
         error = "That token is not valid." if token else "Enter a token."
-        return page(request, "signin.html", {"next": target, "error": error, "signin_page": True}, status_code=401)
+        return page(
+            request, "signin.html", {"next": target, "error": error, "signin_page": True}, status_code=401
+        )
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

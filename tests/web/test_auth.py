@@ -91,8 +91,14 @@ def test_cross_site_posts_are_refused(secured: SecuredApi, tab: Any):
     # still sent) posts a form and a no-cors fetch to the API.
     evil = f"http://127.0.0.1:{free_port()}/evil"
     target = f"{secured.url}/api/v1/jobs/{victim}/cancel"
-    page.route(evil, lambda route: route.fulfill(content_type="text/html", body=f"""<!doctype html>
-        <form id=f method=post action="{target}"></form>"""))
+    page.route(
+        evil,
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=f"""<!doctype html>
+        <form id=f method=post action="{target}"></form>""",
+        ),
+    )
     page.goto(evil)
     # (Chromium may block this one itself: Local Network Access; if it goes out, we refuse it)
     tab.console.expect(r"loopback. address space|net::ERR_FAILED|status of 403")

@@ -5,7 +5,6 @@ no console error on any page. Screenshots: tests/artifacts/web (or $SGMIM_TEST_A
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,8 +114,16 @@ def add_curves(stack: Stack, name: str, guidance: bool, points: int, rmse: float
             stack.repo.append_metrics(job_id, batch)
             batch = []
     stack.repo.append_metrics(job_id, batch)
-    stack.repo.set_evaluation(job_id, {"task": "depth", "dataset": "synthetic", "split": "val",
-                                       "num_images": 16, "metrics": {"rmse": rmse, "abs_rel": rmse / 10}})
+    stack.repo.set_evaluation(
+        job_id,
+        {
+            "task": "depth",
+            "dataset": "synthetic",
+            "split": "val",
+            "num_images": 16,
+            "metrics": {"rmse": rmse, "abs_rel": rmse / 10},
+        },
+    )
     assert stack.repo.finish_job(job_id, attempt, "succeeded")
     return job_id
 
