@@ -58,6 +58,13 @@
     });
   }
 
+  function formatDuration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+    return m ? `${m}m ${String(r).padStart(2, "0")}s` : `${r}s`;
+  }
+
   async function refreshProgress() {
     const answer = await sgmim.get(base);
     if (!answer.ok) return;
@@ -75,6 +82,10 @@
       box.append(bar, " ");
     }
     box.append(`step ${p.step || 0} of ${p.total_steps || "?"}` + (p.epoch !== null ? `, epoch ${p.epoch.toFixed(2)}` : ""));
+    if (job.started_at) {
+      const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
+      document.getElementById("duration").textContent = formatDuration((end - Date.parse(job.started_at)) / 1000);
+    }
   }
 
   async function start() {
