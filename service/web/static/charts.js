@@ -14,8 +14,9 @@
   ];
 
   function groupOf(name) {
-    const group = GROUPS.find((g) => g.match(name));
-    return group ? group : { key: "m-" + name.replace(/[^A-Za-z0-9_-]/g, "_"), title: name };
+    const rank = GROUPS.findIndex((g) => g.match(name));
+    if (rank >= 0) return { ...GROUPS[rank], rank };
+    return { key: "m-" + name.replace(/[^A-Za-z0-9_-]/g, "_"), title: name, rank: GROUPS.length };
   }
 
   function halve(xs, ys) {
@@ -45,8 +46,11 @@
         const div = document.createElement("div");
         div.className = "chart";
         div.id = "chart-" + group.key;
-        this.container.appendChild(div);
-        chart = { div, title: group.title, traces: new Map(), drawn: false };
+        div.dataset.rank = String(group.rank);
+        // losses first, then learning rate, ...: whatever order the metrics arrive in
+        const after = [...this.container.children].find((c) => Number(c.dataset.rank) > group.rank);
+        this.container.insertBefore(div, after || null);
+        chart = { div, title: group.title, traces: new Map() };
         this.charts.set(group.key, chart);
       }
       return chart;
