@@ -4,6 +4,12 @@ Tokens come from `SGMIM_API_TOKENS` / `SGMIM_TOKEN_FILE` (kept in memory as sha2
 compared with `hmac.compare_digest` against every configured digest, no early exit) and from
 the `api_tokens` table (sha256 lookups, revocable at run time). Auth is on when any token is
 configured at start; then every route but `/healthz` needs `Authorization: Bearer <token>`.
+
+The web dashboard signs a browser in once: the token goes into an HttpOnly, SameSite=Strict
+cookie (`SESSION_COOKIE`), never into a URL or script-readable storage. A request authenticated
+by that cookie is ambient (the browser adds it by itself), so an unsafe one (POST, ...) must also
+carry the `X-SGMIM-CSRF` header, which a cross-site page cannot add without a CORS preflight we
+never answer, and a same-origin `Origin`.
 """
 
 from __future__ import annotations
@@ -12,12 +18,35 @@ import hashlib
 import hmac
 import ipaddress
 import time
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 
 from service.db.repo import JobRepo
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+SESSION_COOKIE = "sgmim_session"
+CSRF_HEADER = "X-SGMIM-CSRF"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    parts = urlsplit(f"{scheme}://{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        return netloc.lower(), None
+    return (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """True when the `Origin` header names this server: the host and port of the `Host` header
+    (read with the origin's scheme: behind a TLS-terminating proxy the server itself sees http)."""
+    parts = urlsplit(origin)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc or not host:
+        return False
+    return _host_port(parts.netloc, parts.scheme) == _host_port(host, parts.scheme)
 
 
 def is_loopback(host: str) -> bool:

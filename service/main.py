@@ -27,6 +27,7 @@ from service.reaper import reap_once
 from service.routes import api_router, health
 from service.settings import Settings
 from service.telemetry import Telemetry
+from service.web import install as install_web
 
 log = logging.getLogger("service")
 
@@ -34,7 +35,7 @@ DESCRIPTION = """\
 SG-MIM training service, REST API v1. Submit pretraining, fine-tuning and evaluation jobs,
 follow their metrics and logs live (SSE), download checkpoints and read evaluation results.
 Errors are JSON `{"detail": ...}`; when tokens are configured every route but `/healthz`
-needs `Authorization: Bearer <token>`.
+needs `Authorization: Bearer <token>`. The web dashboard is at `/`.
 """
 
 
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         debug=False,
+        docs_url=None,  # served by service.web with local Swagger UI assets (works offline)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.telemetry = telemetry
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(api_router)
+    install_web(app)
     install_openapi(app)
     # Added last = outermost: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -1,19 +1,24 @@
 """Pure ASGI middlewares (they do not buffer streaming responses): request metrics, bearer
-auth, request body size limit."""
+(or dashboard session cookie) auth with cross-site request refusal, request body size limit."""
 
 from __future__ import annotations
 
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import AuthState, is_non_loopback_ip
+from service.auth import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, AuthState, is_non_loopback_ip, same_origin
 
-OPEN_PATHS = frozenset({"/healthz"})
+# signing in and out, and the dashboard's assets (public libraries and our own CSS/JS) need no token
+OPEN_PATHS = frozenset({"/healthz", "/signin", "/signout", "/favicon.ico"})
+OPEN_PREFIXES = ("/static/", "/vendor/")
 API_PREFIX = "/api/v1"
+CHALLENGE = {"www-authenticate": 'Bearer realm="sgmim"'}
 
 
 async def send_json(
@@ -61,16 +66,69 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited, send)
 
 
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name (the first of repeated ones)."""
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers", []):
+        found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+def _cross_site(headers: dict[str, str]) -> str | None:
+    """Why an unsafe request comes from another site's page, or None. Browsers send `Origin`
+    with every POST; the CLI and scripts send none, so they are not affected."""
+    origin = headers.get("origin")
+    if origin is not None and not same_origin(origin, headers.get("host", "")):
+        return f"cross-site request refused (Origin {origin[:100]!r} is not this server)"
+    if headers.get("sec-fetch-site") == "cross-site":
+        return "cross-site request refused (Sec-Fetch-Site: cross-site)"
+    return None
+
+
+def _wants_page(scope: Scope, headers: dict[str, str]) -> bool:
+    """A browser navigating to a page (not a script calling the API)."""
+    return (
+        scope["method"] in ("GET", "HEAD")
+        and "text/html" in headers.get("accept", "")
+        and not scope["path"].startswith(API_PREFIX + "/")
+    )
+
+
+async def _to_sign_in(scope: Scope, send: Send, clear_cookie: bool = False) -> None:
+    target = scope["path"] + (
+        f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else ""
+    )
+    headers = [(b"location", f"/signin?next={quote(target, safe='')}".encode()), (b"content-length", b"0")]
+    if clear_cookie:
+        headers.append(
+            (b"set-cookie", f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict".encode())
+        )
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
 class TokenAuthMiddleware:
-    """Bearer auth on every path but /healthz when tokens are configured. Without tokens, a
-    request that reached the server on a non-loopback address is refused (403): the server
-    must not be exposed unauthenticated, however it was started."""
+    """Bearer auth on every path but /healthz, the sign-in page and the static assets when
+    tokens are configured; a browser signed in through the dashboard presents the token in the
+    session cookie instead, and its unsafe requests must carry the X-SGMIM-CSRF header and a
+    same-origin Origin. An unsafe request whose Origin is another site is refused (403) in any
+    case. Without tokens, a request that reached the server on a non-loopback address is refused
+    (403): the server must not be exposed unauthenticated, however it was started."""
 
     def __init__(self, app: ASGIApp, auth: AuthState):
         self.app, self.auth = app, auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        unsafe = scope["method"] not in SAFE_METHODS
+        if unsafe and (refusal := _cross_site(headers)) is not None:
+            await send_json(send, 403, {"detail": refusal})
+            return
+        path = scope["path"]
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         if not self.auth.enabled:
@@ -87,27 +145,44 @@ class TokenAuthMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        token = None
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, rest = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and rest.strip():
-                    token = rest.strip()
-                break
-        challenge = {"www-authenticate": 'Bearer realm="sgmim"'}
+        token, from_cookie = None, False
+        if "authorization" in headers:
+            scheme, _, rest = headers["authorization"].partition(" ")
+            if scheme.lower() == "bearer" and rest.strip():
+                token = rest.strip()
+        elif (cookie := cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)) is not None:
+            token, from_cookie = cookie, True
         if token is None:
+            if _wants_page(scope, headers):
+                await _to_sign_in(scope, send)
+                return
             await send_json(
-                send, 401, {"detail": "missing bearer token (Authorization: Bearer <token>)"}, challenge
+                send, 401, {"detail": "missing bearer token (Authorization: Bearer <token>)"}, CHALLENGE
             )
             return
         if not await self.auth.check(token):
+            if from_cookie and _wants_page(scope, headers):
+                await _to_sign_in(scope, send, clear_cookie=True)
+                return
             await send_json(
                 send,
                 401,
-                {"detail": "invalid bearer token"},
+                {"detail": "invalid bearer token" if not from_cookie else "session expired: sign in again"},
                 {"www-authenticate": 'Bearer realm="sgmim", error="invalid_token"'},
             )
             return
+        if from_cookie and unsafe:
+            origin = headers.get("origin", "")
+            if headers.get(CSRF_HEADER.lower()) is None or not same_origin(origin, headers.get("host", "")):
+                await send_json(
+                    send,
+                    403,
+                    {
+                        "detail": f"a request signed in by the session cookie must carry the {CSRF_HEADER} "
+                        "header and a same-origin Origin (or use Authorization: Bearer)"
+                    },
+                )
+                return
         await self.app(scope, receive, send)
 
 

@@ -149,6 +149,21 @@ class MetricPage(BaseModel):
     )
 
 
+class CurveOut(BaseModel):
+    steps: list[int]
+    values: list[float | None] = Field(description="the value at each step, or the bucket's mean")
+    low: list[float | None] | None = Field(None, description="each bucket's minimum (downsampled only)")
+    high: list[float | None] | None = Field(None, description="each bucket's maximum (downsampled only)")
+    points: int = Field(description="stored points the curve stands for")
+    downsampled: bool
+
+
+class SeriesOut(BaseModel):
+    status: JobStatus
+    last_seq: int = Field(description="the curves hold every point up to this sequence number")
+    curves: dict[str, CurveOut]
+
+
 class LogLineOut(BaseModel):
     seq: int
     time: float

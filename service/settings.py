@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="how long an Idempotency-Key is remembered."
     )
+    session_max_age_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="dashboard: how long the sign-in cookie (it holds the token, HttpOnly, "
+        "SameSite=Strict) lasts before the browser must sign in again.",
+    )
     sse_poll_interval_s: float = Field(0.5, gt=0, description="how often an SSE stream polls for new events.")
     sse_keepalive_s: float = Field(15.0, gt=0, description="SSE comment line sent when idle this long.")
     db_pool_size: int = Field(10, ge=1, description="connection pool size of the API process.")

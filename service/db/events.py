@@ -3,11 +3,13 @@ the reads the API serves from it (metrics, SSE events, the log tail)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from service.db.base import RepoBase, bulk_insert, clean_text, finite_or_none, now_ts
 from service.db.errors import JobNotFound
@@ -33,6 +35,25 @@ class EventBatch:
     events: list[Event]
     status: str
     last_seq: int
+
+
+@dataclass
+class Curve:
+    """One metric by step; `low`/`high`: each bucket's min and max when it was downsampled."""
+
+    steps: list[int]
+    values: list[float | None]
+    low: list[float | None] | None
+    high: list[float | None] | None
+    points: int  # stored points it stands for
+
+
+@dataclass
+class MetricSeries:
+    status: str
+    last_seq: int
+    curves: dict[str, Curve]
+
 
 
 class EventRepo(RepoBase):
@@ -195,3 +216,61 @@ class EventRepo(RepoBase):
             ]
             bulk_insert(s, LogLine.__table__.name, _LOG_COLUMNS, rows)
             return last
+
+    def series(self, job_id: str, names: Sequence[str] | None, max_points: int) -> MetricSeries:
+        """The job's metric curves by step for display, at most `max_points` points per name.
+
+        A longer curve is averaged over equal step buckets in the database (with each bucket's
+        min and max), so a 100,000-point curve never leaves it whole. Only points up to the
+        returned `last_seq` are included: a live view continues with the events after it."""
+        with self.db.read() as s:
+            status, last_seq = self._require(s, job_id)
+            base = [Metric.job_id == job_id, Metric.seq <= last_seq, Metric.step.is_not(None)]
+            if names:
+                base.append(Metric.name.in_(list(names)))
+            stats = s.execute(
+                select(Metric.name, func.count(), func.min(Metric.step), func.max(Metric.step))
+                .where(*base)
+                .group_by(Metric.name)
+                .order_by(Metric.name)
+            ).all()
+            curves = {}
+            for name, count, lo, hi in stats:
+                where = [*base, Metric.name == name]
+                if count <= max_points:
+                    curves[name] = self._full_curve(s, where, int(count))
+                else:
+                    curves[name] = self._bucketed_curve(s, where, int(lo), int(hi), int(count), max_points)
+            return MetricSeries(status, last_seq, curves)
+
+    @staticmethod
+    def _full_curve(s: Session, where: list[Any], count: int) -> Curve:
+        by_step: dict[int, float | None] = {}
+        for step, value in s.execute(select(Metric.step, Metric.value).where(*where).order_by(Metric.seq)):
+            by_step[int(step)] = finite_or_none(value)  # a re-run step keeps its latest value
+        steps = sorted(by_step)
+        return Curve(steps, [by_step[k] for k in steps], None, None, count)
+
+    @staticmethod
+    def _bucketed_curve(s: Session, where: list[Any], lo: int, hi: int, count: int, max_points: int) -> Curve:
+        width = max(1, math.ceil((hi - lo + 1) / max_points))
+        bucket = ((Metric.step - lo) // width).label("bucket")
+        rows = s.execute(
+            select(
+                bucket,
+                func.min(Metric.step),
+                func.avg(Metric.value),
+                func.min(Metric.value),
+                func.max(Metric.value),
+            )
+            .where(*where)
+            .group_by(bucket)
+            .order_by(bucket)
+        ).all()
+        return Curve(
+            [int(r[1]) for r in rows],
+            [finite_or_none(r[2]) for r in rows],
+            [finite_or_none(r[3]) for r in rows],
+            [finite_or_none(r[4]) for r in rows],
+            count,
+        )

@@ -350,13 +350,17 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
         kind: Sequence[str] | None = None,
         limit: int = 50,
         before_id: str | None = None,
+        name_contains: str | None = None,
     ) -> list[Job]:
-        """Newest first (ids are time-sortable); `before_id` is the cursor: ids below it."""
+        """Newest first (ids are time-sortable); `before_id` is the cursor: ids below it;
+        `name_contains`: a case-insensitive substring of the name (no wildcards)."""
         stmt = select(Job).options(defer(Job.spec), defer(Job.evaluation))
         if status:
             stmt = stmt.where(Job.status.in_(list(status)))
         if kind:
             stmt = stmt.where(Job.kind.in_(list(kind)))
+        if name_contains:
+            stmt = stmt.where(func.lower(Job.name).contains(name_contains.lower(), autoescape=True))
         if before_id is not None:
             stmt = stmt.where(Job.id < before_id)
         stmt = stmt.order_by(Job.id.desc()).limit(limit)
@@ -402,6 +406,86 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
             return self._get(s, job_id)
 
     # --- reads -----------------------------------------------------------------------------------
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        """The job's claims by workers, first to last."""
+        with self.db.read() as s:
+            self._require(s, job_id)
+            rows = list(
+                s.execute(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.attempt)).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def status_history(self, job_id: str) -> list[StatusEvent]:
+        """Every status change of the job, in order."""
+        with self.db.read() as s:
+            self._require(s, job_id)
+            rows = list(
+                s.execute(
+                    select(StatusEvent).where(StatusEvent.job_id == job_id).order_by(StatusEvent.seq)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def children(self, job_id: str, limit: int = 100) -> list[Job]:
+        """Jobs whose parent is this one, oldest first."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Job)
+                    .options(defer(Job.spec), defer(Job.evaluation))
+                    .where(Job.parent_id == job_id)
+                    .order_by(Job.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def running_jobs(self) -> list[Job]:
+        """running and cancelling jobs (with their spec: the resources they asked for), oldest first."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Job)
+                    .options(defer(Job.evaluation))
+                    .where(Job.status.in_(list(ACTIVE)))
+                    .order_by(Job.id)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def queued_jobs(self, limit: int = 200) -> list[Job]:
+        """queued jobs in the order workers take them: per queue, priority 9 first, then oldest."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Job)
+                    .options(defer(Job.evaluation))
+                    .where(Job.status == JobStatus.QUEUED)
+                    .order_by(Job.queue, Job.priority.desc(), Job.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
+
+    def recent_attempts(self, since: dt.datetime, limit: int = 500) -> list[Attempt]:
+        """Attempts started since `since`, newest first (who ran what lately)."""
+        with self.db.read() as s:
+            rows = list(
+                s.execute(
+                    select(Attempt)
+                    .where(Attempt.started_at >= since)
+                    .order_by(Attempt.started_at.desc())
+                    .limit(limit)
+                ).scalars()
+            )
+            s.expunge_all()
+            return rows
 
     def count_by_status(self) -> dict[str, int]:
         with self.db.read() as s:

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from service.routes import checkpoints, evaluation, events, health, jobs, logs, metrics
+from service.routes import checkpoints, evaluation, events, health, jobs, logs, metrics, series
 
 api_router = APIRouter(prefix="/api/v1")
-for _module in (jobs, metrics, events, logs, checkpoints, evaluation):
+for _module in (jobs, metrics, series, events, logs, checkpoints, evaluation):
     api_router.include_router(_module.router)
 
 __all__ = ["api_router", "health"]

@@ -48,10 +48,13 @@ def demo(
     size: str = typer.Option("default", help="default (a few minutes on 2 CPU cores) or small (CI)"),
     workdir: Path | None = typer.Option(None, help="where state and artifacts go "
                                                    "(default runs/demo-<time>)"),
+    keep_serving: bool = typer.Option(False, "--keep-serving",
+                                      help="keep the API, its web dashboard and the worker up at the "
+                                           "end (until Ctrl-C), to look at the runs"),
 ) -> None:
     """Start the service, pretrain SG-MIM and SimMIM, fine-tune and evaluate both, compare."""
     from sgmim.cli.demo import SIZES, run_demo
 
     if size not in SIZES:
         raise typer.BadParameter(f"choose one of {', '.join(SIZES)}", param_hint="--size")
-    run_demo(size, workdir)
+    run_demo(size, workdir, keep_serving)

@@ -2,7 +2,8 @@
 
 Starts the API and a worker (SQLite, filesystem broker), renders a small synthetic RGB-D set,
 pretrains SG-MIM and SimMIM, fine-tunes each for depth from its parent, evaluates both, prints
-the comparison and writes the loss curves, then stops what it started.
+the comparison and writes the loss curves, then stops what it started (with --keep-serving it
+keeps the API, its web dashboard and the worker up until Ctrl-C, to look at the runs).
 """
 
 from __future__ import annotations
@@ -110,7 +111,25 @@ def run_to_end(api: Api, job: dict) -> None:
         fail(f"job {job['id']} ({job['name']}) did not succeed; see `sgmim logs {job['id']}`")
 
 
-def run_demo(size_name: str, workdir: Path | None) -> None:
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_until_interrupted(services: subprocess.Popen, url: str) -> None:
+    """Keep the services up until Ctrl-C (or SIGTERM, or until they exit by themselves)."""
+    console.print(f"the API, the dashboard ({url}/) and the worker keep serving; Ctrl-C stops them")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while services.poll() is None:
+            time.sleep(0.5)
+        console.print(f"the service exited with code {services.returncode}")
+    except KeyboardInterrupt:
+        console.print("stopping the API and the worker")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(size_name: str, workdir: Path | None, keep_serving: bool = False) -> None:
     size = SIZES[size_name]
     workdir = (workdir or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     state_dir, data_dir = workdir / "state", workdir / "data"
@@ -122,11 +141,14 @@ def run_demo(size_name: str, workdir: Path | None) -> None:
     services = start_services(state_dir, port)
     try:
         wait_ready(url, services, state_dir / "services.log")
+        console.print(f"dashboard: [bold]{url}/[/bold] (the jobs below, live)")
         render_data(data_dir, size)
         results = run_jobs(Api(url, None, timeout=60), data_dir, size, workdir)
+        print_summary(results, url, workdir, keep_serving)
+        if keep_serving:
+            serve_until_interrupted(services, url)
     finally:
         stop_services(services)
-    print_summary(results, url, workdir)
 
 
 def run_jobs(api: Api, data_dir: Path, size: DemoSize, workdir: Path) -> dict:
@@ -161,7 +183,7 @@ def run_jobs(api: Api, data_dir: Path, size: DemoSize, workdir: Path) -> dict:
                                          "evaluate": evaluations}}
 
 
-def print_summary(results: dict, url: str, workdir: Path) -> None:
+def print_summary(results: dict, url: str, workdir: Path, keep_serving: bool = False) -> None:
     table = Table(title="depth on the synthetic validation split (after tiny pretraining + fine-tuning)")
     for column in ("method", "pretrain job", "RMSE (m) ↓", "abs_rel ↓", "δ1 ↑", "images"):
         table.add_column(column)
@@ -172,7 +194,10 @@ def print_summary(results: dict, url: str, workdir: Path) -> None:
     console.print(table)
     console.print(f"loss curves: {workdir / 'pretrain-losses.png'}")
     console.print(f"artifacts (run dirs, database, logs): {workdir / 'state'}")
-    console.print(f"the API ran at {url} (stopped now); to keep one running: sgmim serve --with-worker")
+    if not keep_serving:
+        console.print(f"the API and its dashboard ran at {url}/ (stopped now); to look at these runs, "
+                      f"run the demo with --keep-serving, or SGMIM_DATA_DIR={workdir / 'state'} "
+                      "sgmim serve --with-worker")
 
 
 def _fmt(value) -> str:

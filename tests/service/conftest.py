@@ -180,7 +180,10 @@ def start_uvicorn(
     env_extra: dict[str, str] | None = None,
     log: Path | None = None,
     timeout: float = 60.0,
+    ready_path: str = "/readyz",
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn on a free loopback port; returns once `ready_path` answers 200 (/healthz when
+    tokens are configured: every other route then needs one)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGMIM_")}
     env.update(
@@ -219,7 +222,7 @@ def start_uvicorn(
         if proc.poll() is not None:
             raise RuntimeError(f"uvicorn exited with {proc.returncode}: {log.read_text() if log else ''}")
         try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(url + ready_path, timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass

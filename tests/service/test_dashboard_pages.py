@@ -1,0 +1,95 @@
+"""The dashboard's server-rendered pages (TestClient, both databases): paging, filters, the
+live-refresh fragment, escaping, the workers page, the job page's sections, the submit errors."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from tests.service.conftest import PRETRAIN, Api
+
+OLDER = re.compile(r'id="older" href="([^"]+)"')
+ROW = re.compile(r'<tr data-id="([0-9a-z]+)"')
+
+
+def test_jobs_pages_walk_by_cursor_and_filter(api: Api):
+    ids = [api.submit({**PRETRAIN, "name": f"walk-{i}"})["id"] for i in range(120)]
+    seen, path, pages = [], "/", 0
+    while path:
+        page = api.client.get(path)
+        assert page.status_code == 200
+        seen += ROW.findall(page.text)
+        found = OLDER.search(page.text)
+        path = "/" + html.unescape(found.group(1)) if found else ""
+        pages += 1
+    assert pages == 3 and seen == ids[::-1]  # newest first, each job once
+    api.client.post(f"/api/v1/jobs/{ids[5]}/cancel")
+    only = api.client.get("/", params={"status": "cancelled", "kind": "pretrain"}).text
+    assert ROW.findall(only) == [ids[5]]
+    fragment = api.client.get("/", params={"q": "walk-11", "rows": 1}).text
+    assert fragment.lstrip().startswith("<tbody") and "<html" not in fragment
+    assert set(ROW.findall(fragment)) == {ids[11], *ids[110:120]}
+    odd = api.client.get("/", params={"status": "nonsense", "cursor": "garbage"})
+    assert odd.status_code == 200 and "unknown status" in odd.text and "not valid any more" in odd.text
+
+
+def test_user_text_is_escaped(api: Api):
+    evil = "<script>alert(1)</script>"
+    job = api.submit({**PRETRAIN, "name": evil})
+    for path in ("/", f"/jobs/{job['id']}", f"/compare?jobs={job['id']}"):
+        text = api.client.get(path).text
+        assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text, path
+
+
+def test_job_page_sections_and_lineage(api: Api):
+    parent = api.submit({**PRETRAIN, "name": "the-parent"})
+    api.succeed(parent["id"])
+    api.repo.record_checkpoint(parent["id"], "encoder", "encoder", 10, 2048, "export/encoder.safetensors")
+    api.repo.set_evaluation(parent["id"], {"task": "depth", "dataset": "synthetic", "metrics": {"rmse": 0.5}})
+    child = api.submit(
+        {
+            "kind": "finetune",
+            "name": "the-child",
+            "parent": {"job_id": parent["id"]},
+            "config": {"schedule": {"epochs": 1}},
+        }
+    )
+    page = api.client.get(f"/jobs/{parent['id']}").text
+    assert f'href="/jobs/{child["id"]}">the-child' in page
+    assert f'href="/api/v1/jobs/{parent["id"]}/checkpoints/encoder"' in page and "2.0 KiB" in page
+    assert "rmse" in page and "queued → <span" in page and "kind: pretrain" in page
+    child_page = api.client.get(f"/jobs/{child['id']}").text
+    assert f'parent: <a href="/jobs/{parent["id"]}">the-parent</a>' in child_page
+    missing = api.client.get("/jobs/0000000000000000")
+    assert missing.status_code == 404 and "There is no job" in missing.text
+    # the compare view finds a pretraining job's evaluation among its descendants
+    compare = api.client.get(f"/compare?jobs={parent['id']},nope").text
+    assert "this job" in compare and "no job &#39;nope&#39;" in compare
+
+
+def test_workers_page_shows_busy_workers_and_the_queue_in_order(api: Api):
+    running = api.submit({**PRETRAIN, "name": "busy-job", "resources": {"gpus": 4, "gpu_type": "h200"}})
+    assert api.repo.claim_job(running["id"], "gpu-box-7") == 1
+    low = api.submit({**PRETRAIN, "name": "low", "priority": 1})
+    high = api.submit({**PRETRAIN, "name": "high", "priority": 9})
+    page = api.client.get("/workers").text
+    busy = page[page.index('id="busy"') : page.index('id="recent"')]
+    assert "gpu-box-7" in busy and "busy-job" in busy and "4 × h200" in busy and ">alive<" in busy
+    queue = page[page.index('id="queue"') :]
+    assert queue.index(high["id"]) < queue.index(low["id"])
+
+
+def test_submit_reports_yaml_and_field_errors_with_lines(api: Api):
+    bad_yaml = api.client.post("/submit", json={"spec_yaml": "kind: pretrain\nname: [unclosed\n"})
+    assert bad_yaml.status_code == 422 and bad_yaml.json()["detail"][0]["msg"].startswith("not valid YAML")
+    spec = "kind: pretrain\nname: x\nconfig:\n  schedule:\n    epochs: 1\n  nonsense: 3\n"
+    r = api.client.post("/submit", json={"spec_yaml": spec})
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "config", "nonsense"] and error["line"] == 6
+    parent = api.client.post(
+        "/submit", json={"spec_yaml": "kind: finetune\nname: f\nparent: {job_id: nope}\n"}
+    )
+    assert parent.status_code == 422 and parent.json()["detail"][0]["loc"] == ["body", "parent", "job_id"]
+    assert api.client.post("/submit", json={"yaml": 1}).status_code == 422
+    assert api.client.post("/submit", json={"spec_yaml": "- a list"}).status_code == 422
