@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from sgmim.caches import use_cache_root
 from sgmim.config import AnyJob, SpecError, load_spec
 from sgmim.train.checkpoint import atomic_write_text
 from sgmim.train.distributed import DistEnv, init_distributed, read_env
@@ -59,6 +60,7 @@ def run(spec: AnyJob, run_dir: Path) -> int:
     from sgmim.train.trainer import DataTooSmall, NonFiniteLoss, Trainer
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    use_cache_root(run_dir)  # compiled kernels and rendered scenes outlive the run
     env = read_env()
     setup_logging(run_dir, env)
     if env.is_main and not (run_dir / "spec.json").exists():
