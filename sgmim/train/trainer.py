@@ -17,14 +17,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from sgmim.train.checkpoint import (
+    ResumeError,
     atomic_write_json,
     consolidated_state_dict,
     latest_tag,
     prune,
+    record_zero_stage,
     saved_world_size,
+    saved_zero_stage,
+    stages_compatible,
     tag_for,
     to_universal,
 )
+from sgmim.train.compile import compile_blocks
 from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
 from sgmim.train.ds_config import build_ds_config
 from sgmim.train.metrics import MetricsWriter, WindowMeter
@@ -92,14 +97,18 @@ class Trainer:
         optimizer = torch.optim.AdamW(task.param_groups(model), lr=self.lr.peak_lr,
                                       betas=task.optim.betas, eps=task.optim.eps, fused=env.on_gpu)
         scheduler = ScheduledLR(optimizer, self.lr)
+        self.zero_stage = self._zero_stage()
         resume_tag, universal = self._resume_tag()
         ds_config = build_ds_config(task.deepspeed, task.schedule, task.optim.clip_grad, env,
-                                    load_universal=universal)
+                                    load_universal=universal, zero_stage=self.zero_stage)
         if env.is_main:
             atomic_write_json(self.run_dir / "ds_config.json", ds_config)
+        compiled = task.deepspeed.resolved_compile(env.on_gpu)
+        if compiled and task.deepspeed.compile_scope == "blocks":
+            log.info("torch.compile: %d blocks compiled one by one", compile_blocks(model))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
-        if task.deepspeed.compile:
+        if compiled and task.deepspeed.compile_scope == "model":
             self.engine.compile()
         self.start_step = 0
         if resume_tag:
@@ -117,9 +126,32 @@ class Trainer:
                 "total_steps": self.plan.total_steps, "steps_per_epoch": self.plan.steps_per_epoch,
                 "total_batch": self.plan.total_batch, "world_size": env.world_size,
                 "dataset_size": len(self.dataset), "peak_lr": self.lr.peak_lr,
-                "device": env.device.type, "zero_stage": task.deepspeed.zero_stage,
+                "device": env.device.type, "zero_stage": self.zero_stage,
+                "compile": compiled and task.deepspeed.compile_scope,
                 "precision": ds_config["torch_autocast"]["dtype"], "start_step": self.start_step,
             })
+
+    def _zero_stage(self) -> int:
+        """The spec's stage; with `auto` a resumed run keeps its checkpoint's stage, so the
+        optimiser state always loads (stage 0 keeps it whole, loadable on any process count;
+        2 converts to a universal checkpoint for another count)."""
+        ds = self.task.deepspeed
+        fresh = ds.resolved_zero_stage(self.env.world_size)
+        tag = latest_tag(self.ckpt_dir)
+        if tag is None:
+            return fresh
+        saved = saved_zero_stage(self.ckpt_dir / tag)
+        if ds.zero_stage == "auto":
+            if saved != fresh:
+                log.info("zero_stage auto: checkpoint %s was written with ZeRO-%d; keeping it "
+                         "(a fresh run on %d processes would use %d)", tag, saved,
+                         self.env.world_size, fresh)
+            return saved
+        if not stages_compatible(saved, fresh):
+            raise ResumeError(f"checkpoint {self.ckpt_dir / tag} was written with ZeRO stage "
+                              f"{saved}; this spec asks for stage {fresh}, which cannot load its "
+                              f"optimiser state: set deepspeed.zero_stage to {saved} or auto")
+        return fresh
 
     def _resume_tag(self) -> tuple[str | None, bool]:
         """The tag to resume from and whether it must load as a universal checkpoint."""
@@ -132,7 +164,7 @@ class Trainer:
         log.info("checkpoint %s was written by %d processes; this run has %d", tag, saved,
                  self.env.world_size)
         if self.env.is_main:
-            to_universal(self.ckpt_dir, tag, self.task.deepspeed.zero_stage)
+            to_universal(self.ckpt_dir, tag, self.zero_stage)
         barrier()
         return f"{tag}_universal", True
 
@@ -220,6 +252,7 @@ class Trainer:
                                     client_state={"step": step, "epoch": epoch})
         barrier()
         if self.env.is_main:
+            record_zero_stage(self.ckpt_dir / tag_for(step), self.zero_stage)
             prune(self.ckpt_dir, self.task.schedule.keep_checkpoints)
         log.info("checkpoint %s saved", tag_for(step))
 
