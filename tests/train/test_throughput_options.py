@@ -125,11 +125,12 @@ def test_swin_attention_runs_through_fused_sdpa_with_the_same_result():
     torch.testing.assert_close(fused.loss, manual.loss, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_regional_compilation_of_the_tiny_model_on_cpu():
     """Every repeated block (5 Swin blocks and the fusion block) compiled on its own; the
     compiled model computes what the eager one does, gradients included. Traced by Dynamo and
     AOTAutograd as on the GPU; inductor's C++ code generation is left out (on 2 shared cores
-    it took minutes)."""
+    it took minutes; tracing alone takes 1-5 minutes on this shared machine)."""
     from sgmim.train.compile import compile_blocks
 
     torch.manual_seed(0)
