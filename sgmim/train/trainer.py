@@ -74,6 +74,12 @@ class Plan:
         return cls(steps_per_epoch, total, per_rank_step, per_rank_step * world_size)
 
 
+def gradient_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The 2-norm of all gradients (before clipping), on their device."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -197,6 +203,10 @@ class Trainer:
                 named = self.task.forward(engine, _to_device(batch, self.env.device))
                 meter.add(named, step + 1)
                 engine.backward(named["loss"])
+                if boundary and self._logs_at(step + 1) and self.zero_stage == 0:
+                    # ZeRO reports the norm it clipped with; stage 0 keeps it to itself, and
+                    # the gradients are gone after the step. Only at log steps: a device value.
+                    self.grad_norm = gradient_norm(engine.module)
                 skipped = engine.skipped_steps
                 engine.step()
                 if not boundary:
@@ -206,7 +216,7 @@ class Trainer:
                     # DeepSpeed skips an update whose gradients overflowed; without fp16 loss
                     # scaling that is divergence, not a scale to lower
                     raise NonFiniteLoss(step, "the gradient")
-                if step % sch.log_every == 0 or step == plan.total_steps:
+                if self._logs_at(step):
                     self._log(meter, step, plan.total_batch)
                 if sch.checkpoint_every and step % sch.checkpoint_every == 0:
                     self._check_finite(meter)
@@ -224,6 +234,9 @@ class Trainer:
             self.save(step)
         self.finish(step)
 
+    def _logs_at(self, step: int) -> bool:
+        return step % self.task.schedule.log_every == 0 or step == self.plan.total_steps
+
     def _check_finite(self, meter: WindowMeter) -> None:
         bad = meter.first_nonfinite_step()
         if bad is not None:
@@ -235,6 +248,8 @@ class Trainer:
         values = all_reduce_mean(values).tolist()
         window_steps, seconds = meter.reset()
         grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = getattr(self, "grad_norm", None)
         fields = dict(zip(names, values, strict=True))
         fields["lr"] = self.engine.get_lr()[0] / self.engine.optimizer.param_groups[0].get("lr_scale", 1.0)
         if grad_norm is not None:
