@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from sgmim.data import (
-    IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentConfig,
     DataError,

@@ -16,8 +16,8 @@ from sgmim.models import SGMIM
 from sgmim.models.config import ModelConfig
 from sgmim.train.checkpoint import saved_zero_stage, stages_compatible
 from sgmim.train.config import DeepSpeedConfig
-from sgmim.train.ds_config import build_ds_config
 from sgmim.train.distributed import DistEnv
+from sgmim.train.ds_config import build_ds_config
 
 ROOT = Path(__file__).parents[2]
 TINY_ENCODER = {"timm_name": "swin_tiny_patch4_window7_224", "img_size": 64, "window_size": 4,
