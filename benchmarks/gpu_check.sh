@@ -162,15 +162,24 @@ if [[ $DRY_RUN == 0 ]]; then
     "$PYTHON" - "$CPU_SMOKE" "$WORK/info" <<'EOF2'
 import importlib, os, sys
 cpu_smoke, info = sys.argv[1] == "1", sys.argv[2]
-missing = []
-for name in ("torch", "torchvision", "timm", "deepspeed", "pydantic", "yaml", "typer", "httpx",
-             "sgmim.cli", "service", "worker"):
-    try:
-        importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001
-        missing.append(f"{name} ({type(exc).__name__}: {exc})")
-if missing:
-    sys.exit("gpu_check: cannot import " + "; ".join(missing) + " -- carry them as wheels")
+
+
+def missing(names):
+    found = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001
+            found.append(f"{name} ({type(exc).__name__}: {exc})")
+    return found
+
+
+core = missing(("torch", "torchvision", "timm", "deepspeed", "pydantic", "yaml", "typer", "sgmim.cli"))
+if core:
+    sys.exit("gpu_check: cannot import " + "; ".join(core) + " -- carry them as wheels")
+service = missing(("httpx", "uvicorn", "service.main", "worker.tasks"))
+if service:
+    print("gpu_check: the service phase is skipped, cannot import " + "; ".join(service))
 import deepspeed, timm, torch
 print(f"gpu_check: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"deepspeed {deepspeed.__version__}, timm {timm.__version__}")
@@ -181,9 +190,12 @@ elif torch.cuda.is_available():
 else:
     sys.exit("gpu_check: torch sees no CUDA device (use --cpu-smoke to check the pipeline on a CPU)")
 with open(info, "w") as f:
-    f.write(f"{name}\n{torch.__version__} / {deepspeed.__version__}\n")
+    f.write(f"{name}\n{torch.__version__} / {deepspeed.__version__}\n{'no' if service else 'yes'}\n")
 EOF2
-    { read -r GPU_NAME; read -r VERSIONS; } <"$WORK/info"
+    { read -r GPU_NAME; read -r VERSIONS; read -r SERVICE_OK; } <"$WORK/info"
+    if [[ $SERVICE_OK == no ]]; then
+        PHASES="$(echo ",$PHASES," | sed 's/,service,/,/; s/^,//; s/,$//')"
+    fi
 fi
 SETTING="Swin-B/192 bf16, batch $BATCH, $STEPS steps per training run (first $WARMUP excluded), compile $COMPILE, $WORKERS loader workers, $NUM_IMAGES scenes"
 [[ $CPU_SMOKE == 1 ]] && SETTING="tiny Swin/64 fp32, batch $BATCH, $STEPS steps, $WORKERS loader workers"
