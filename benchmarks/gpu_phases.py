@@ -8,6 +8,8 @@ row of the report table) the moment it knows its numbers; `report` joins the row
     python benchmarks/gpu_phases.py train --spec S.yaml --out DIR --work W     # `sgmim train`
     python benchmarks/gpu_phases.py service --spec S.yaml --out DIR --work W   # `sgmim serve`
     python benchmarks/gpu_phases.py report --out DIR [--results RESULTS.md]
+    python benchmarks/gpu_phases.py report --out FETCHED/phases --from FETCHED/gpu_check.json \
+        --results benchmarks/RESULTS.md     # a run's report from the device into RESULTS.md
 
 img/s is images per second of the whole (training) step: batch × steps / seconds, after the
 warm-up. The fixed-batch step runs the project's own model, DeepSpeed config and optimiser on
@@ -352,6 +354,14 @@ def cmd_service(args) -> None:
 def cmd_report(args) -> None:
     """The rows written so far (a phase that never finished has none), a few ratios, and the
     table in <out>/gpu_check.md; with --results also in RESULTS.md's GPU check section."""
+    if args.source:  # the header fields of a report made on the device
+        made = json.loads(Path(args.source).read_text())
+        for key in ("gpu", "versions", "setting", "date"):
+            setattr(args, key, made[key])
+    if not args.date:
+        raise SystemExit("report: give --date (or --from a gpu_check.json)")
+    if not os.access(args.out, os.W_OK):  # fetched read-only: write the report beside RESULTS.md
+        args.out = copy_folder(args.out)
     records = {}
     for path in sorted(args.out.glob("*.json")):
         record = json.loads(path.read_text())
@@ -374,6 +384,17 @@ def cmd_report(args) -> None:
     if args.results:
         add_report(Path(args.results), text)
         print(f"added to the 'GPU check' section of {args.results}")
+
+
+def copy_folder(folder: Path) -> Path:
+    import shutil
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="gpu-check-report-")) / "phases"
+    shutil.copytree(folder, target)
+    for path in target.rglob("*"):
+        path.chmod(0o644 if path.is_file() else 0o755)
+    return target
 
 
 def ratio_lines(records: dict) -> list[str]:
@@ -454,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", default="unknown device")
     p.add_argument("--versions", default="")
     p.add_argument("--setting", default="")
-    p.add_argument("--date", required=True)
+    p.add_argument("--date", default="")
+    p.add_argument("--from", dest="source", help="take gpu, versions, setting and date from this "
+                                                 "gpu_check.json (a report made on the device)")
     p.set_defaults(func=cmd_report)
 
     args = parser.parse_args(argv)
