@@ -88,12 +88,17 @@ while [[ $# -gt 0 ]]; do
 done
 
 STEP_BACKEND=inductor
+STEP_ARGS=(--steps 30 --warmup 5)
 if [[ $CPU_SMOKE == 1 ]]; then
+    STEP_ARGS=(--steps 4 --warmup 1)
     # Every phase in a few minutes on 2 cores; the numbers mean nothing.
     [[ $STEPS_SET == 0 ]] && STEPS=6
     BATCH=8; LOG_EVERY=2; NUM_IMAGES=32; WORKERS="${WORKERS:-0}"
     PHASES="${PHASES/,step-compiled/}"
     BUDGET="${BUDGET:-900}"  # 2 shared cores: a phase's imports alone can take half a minute
+    # One thread per process: on a loaded small machine every parallel op otherwise waits for
+    # a second core to be free (the tiny model's step went from 0.3 s to 8 s at load 16).
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
     [[ -z "$PYTHON" && -x "$ROOT/.venv/bin/python" ]] && PYTHON="$ROOT/.venv/bin/python"
 fi
 case "$COMPILE" in auto|on|off) ;; *) echo "gpu_check: --compile is auto, on or off" >&2; exit 2 ;; esac
@@ -217,9 +222,10 @@ phase_command() {
     case "$phase" in
         loader) echo benchmarks/gpu_phases.py loader --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         h2d) echo benchmarks/gpu_phases.py h2d --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
-        step-eager) echo benchmarks/gpu_phases.py step --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
+        step-eager) echo benchmarks/gpu_phases.py step "${STEP_ARGS[@]}" --spec "$WORK/sgmim.yaml" \
+            "${common[@]}" ;;
         step-compiled) echo benchmarks/gpu_phases.py step --compiled --backend "$STEP_BACKEND" \
-            --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
+            "${STEP_ARGS[@]}" --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         train-simmim) echo benchmarks/gpu_phases.py train --spec "$WORK/simmim.yaml" "${common[@]}" ;;
         train-sgmim) echo benchmarks/gpu_phases.py train --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         service) echo benchmarks/gpu_phases.py service --spec "$WORK/sgmim.yaml" "${common[@]}" ;;

@@ -280,7 +280,7 @@ def cmd_train(args) -> None:
     wall = time.perf_counter() - start
     figures = trainer_figures(run_dir, args.warmup_steps)
     detail = describe(figures, wall) if code == 0 else f"failed (exit {code}), see {variant}.log"
-    write_phase(args.out, f"train-{variant}", figures.get("images_per_s"), detail,
+    write_phase(args.out, f"train-{variant}", figures.pop("images_per_s", None), detail,
                 exit_code=code, wall_s=wall, **figures)
     if code != 0:
         sys.exit(code)
@@ -337,7 +337,8 @@ def cmd_service(args) -> None:
         figures = trainer_figures(run_dir, args.warmup_steps)
         detail = (describe(figures, finished - submitted) + f" (submit to {status}); server up in "
                   f"{submitted - start:.0f} s")
-        write_phase(args.out, "service", figures.get("images_per_s") if status == "succeeded" else None,
+        ips = figures.pop("images_per_s", None)
+        write_phase(args.out, "service", ips if status == "succeeded" else None,
                     detail if status == "succeeded" else f"job {status}, see service.log and {run_dir}",
                     status=status, wall_s=finished - submitted, **figures)
     finally:

@@ -223,3 +223,21 @@ def test_cpu_smoke_runs_every_phase(tmp_path):
     assert "### " in results.read_text() and "CPU smoke test" in results.read_text()
     assert {"run-sgmim.log", "run-service.log", "loader.log", "run-sgmim.metrics.jsonl"} <= \
         {p.name for p in out.iterdir()}
+
+
+def test_trainer_figures_of_a_run_dir(tmp_path):
+    """What the train and service phases read from a run dir: steady img/s (total images over
+    total time), spread, peak memory and the stage and compile setting the run chose."""
+    lines = [{"step": s, "images_per_s": ips, "max_mem_gib": mem}
+             for s, ips, mem in [(20, 50.0, 18.0), (40, 1000.0, 19.5), (60, 500.0, 19.0)]]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{\"st")
+    (tmp_path / "run_info.json").write_text(json.dumps(
+        {"zero_stage": 0, "compile": "blocks", "precision": "bfloat16"}))
+    figures = gpu_phases.trainer_figures(tmp_path, warmup_steps=20)
+    assert figures["images_per_s"] == pytest.approx(2 / (1 / 1000 + 1 / 500))
+    assert [figures[k] for k in ("min", "max", "windows", "peak_gib")] == [500.0, 1000.0, 2, 19.5]
+    assert gpu_phases.describe(figures, 61.0) == \
+        "ZeRO-0, bfloat16, compile blocks; 2 windows 500-1,000; peak 19.5 GiB; 61 s in all"
+    ips = figures.pop("images_per_s")
+    record = gpu_phases.write_phase(tmp_path / "phases", "train-sgmim", ips, "d", **figures)
+    assert record["zero_stage"] == 0 and record["images_per_s"] == ips
