@@ -319,6 +319,9 @@ def cmd_service(args) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGMIM_")}
     env.update(SGMIM_DATA_DIR=str(state), SGMIM_CACHE_DIR=str(args.work / "cache"))
     log = (args.work / "service.log").open("w")
+    # `timeout` ends a phase with SIGTERM: leave through `finally`, which stops the server
+    # (it runs in a session of its own, so nothing else would).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(port),
                              "--with-worker"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
