@@ -231,3 +231,17 @@ def test_zero_stage_auto_and_resume_across_process_counts_and_stages(tmp_path):
     errors = [line for line in (run_dir / "train.log").read_text().splitlines() if " ERROR " in line]
     assert errors and all("written with ZeRO stage 0; this spec asks for stage 2" in e and
                           "set deepspeed.zero_stage to 0 or auto" in e for e in errors), errors
+
+    # and back: two processes choose ZeRO-2; one process resumes it through the universal
+    # checkpoint and keeps stage 2 (stage 0 could not take ZeRO's partitioned optimiser state)
+    other = tmp_path / "run2"
+    code, out = train(tiny_spec(tmp_path, "d.yaml", schedule=schedule, data={"num_images": 128}), other,
+                      nproc=2)
+    assert code == 0, out
+    assert json.loads((other / "run_info.json").read_text())["zero_stage"] == 2
+    code, out = train(longer, other)
+    assert code == 0, out
+    info = json.loads((other / "run_info.json").read_text())
+    assert (info["start_step"], info["world_size"], info["zero_stage"]) == (4, 1, 2)
+    assert (other / "checkpoints" / "global_step4_universal").is_dir()
+    assert [m["step"] for m in metric_lines(other) if "loss" in m][-2:] == [5, 6]
