@@ -203,10 +203,13 @@ class Trainer:
                 named = self.task.forward(engine, _to_device(batch, self.env.device))
                 meter.add(named, step + 1)
                 engine.backward(named["loss"])
-                if boundary and self._logs_at(step + 1) and self.zero_stage == 0:
-                    # ZeRO reports the norm it clipped with; stage 0 keeps it to itself, and
-                    # the gradients are gone after the step. Only at log steps: a device value.
+                if boundary and self.zero_stage == 0:
+                    # ZeRO finds non-finite gradients and reports the norm it clipped with;
+                    # stage 0 does neither, so the trainer takes the norm (device-side, no
+                    # host sync): logged at log steps, and a non-finite one stops the run
+                    # before the next checkpoint, as a non-finite loss does.
                     self.grad_norm = gradient_norm(engine.module)
+                    meter.watch(self.grad_norm, step + 1)
                 skipped = engine.skipped_steps
                 engine.step()
                 if not boundary:
