@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check, phase by phase, in one run of at most --budget seconds (default 430), compile
+# GPU check, phase by phase, in one run of at most --budget seconds (default 440), compile
 # included: the DataLoader alone; the host->device copy; the training step on a fixed batch
 # already on the GPU (eager, then compiled); the full `sgmim train` (SimMIM, then SG-MIM); one
 # job through `sgmim serve --with-worker`. Swin-B/192, batch 128, bf16, synthetic scenes, the
@@ -24,7 +24,7 @@ cd "$ROOT"
 WHEELS=""
 OUT_DIR=""
 RESULTS=""
-STEPS=160
+STEPS=120
 BATCH=128
 LOG_EVERY=20
 NUM_IMAGES=4096
@@ -47,10 +47,10 @@ Options:
   --out DIR         where the phases, the report (gpu_check.md / .json) and the logs go
                     (default: a folder under benchmarks/out/)
   --results FILE    also add the report to this RESULTS.md (e.g. benchmarks/RESULTS.md)
-  --budget S        seconds for all phases together (default 430)
+  --budget S        seconds for all phases together (default 440)
   --phases LIST     comma-separated subset of: loader,h2d,step-eager,step-compiled,
                     train-simmim,train-sgmim,service (default: all)
-  --steps N         optimiser steps of each training run (default 160)
+  --steps N         optimiser steps of each training run (default 120)
   --batch N         batch per GPU (default 128)
   --num-images N    synthetic scenes per epoch, rendered once then cached on disk (default 4096)
   --log-every N     steps per metric window (default 20)
@@ -102,7 +102,7 @@ if [[ $CPU_SMOKE == 1 ]]; then
     [[ -z "$PYTHON" && -x "$ROOT/.venv/bin/python" ]] && PYTHON="$ROOT/.venv/bin/python"
 fi
 case "$COMPILE" in auto|on|off) ;; *) echo "gpu_check: --compile is auto, on or off" >&2; exit 2 ;; esac
-BUDGET="${BUDGET:-430}"
+BUDGET="${BUDGET:-440}"
 PYTHON="${PYTHON:-python3}"
 CORES="$(nproc 2>/dev/null || echo 4)"
 if [[ -z "$WORKERS" ]]; then

@@ -70,8 +70,8 @@ def test_gpu_check_dry_run():
                       ("service", "service")]
     assert re.search(r"phase train-simmim .* --spec \S+/simmim\.yaml", done.stdout)
     assert re.search(r"phase step-compiled .* step --compiled --backend inductor", done.stdout)
-    assert "batch 128, 160 steps" in done.stdout and "compile auto" in done.stdout
-    assert "budget 430 s" in done.stdout
+    assert "batch 128, 120 steps" in done.stdout and "compile auto" in done.stdout
+    assert "budget 440 s" in done.stdout
 
 
 def test_gpu_check_arguments():
