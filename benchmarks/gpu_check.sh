@@ -272,7 +272,7 @@ for run in "$WORK"/run-*/; do
 done
 
 report_args=(--out "$PHASE_DIR" --gpu "$GPU_NAME" --versions "$VERSIONS" --setting "$SETTING"
-             --date "$(date +%F)")
+             --date "$(date +%F)" --phases "$PHASES")
 [[ -n "$RESULTS" ]] && report_args+=(--results "$RESULTS")
 "$PYTHON" benchmarks/gpu_phases.py report "${report_args[@]}"
 cp "$PHASE_DIR/gpu_check.md" "$PHASE_DIR/gpu_check.json" "$OUT_DIR/"

@@ -373,8 +373,11 @@ def cmd_report(args) -> None:
             records[record["phase"]] = record
     rows = [(args.out / f"{PHASE_ORDER.index(p):02d}-{p}.md").read_text().strip()
             for p in PHASE_ORDER if p in records]
-    missing = [p for p in PHASE_ORDER if p not in records]
-    rows += [f"| {p} | n/a | not finished (time-out or earlier failure) |" for p in missing]
+    asked = args.phases.split(",") if args.phases else PHASE_ORDER
+    for p in PHASE_ORDER:
+        if p not in records:
+            why = "not finished (time-out or earlier failure)" if p in asked else "skipped"
+            rows.append(f"| {p} | n/a | {why} |")
     ratios = ratio_lines(records)
     heading = f"{args.date}, {args.gpu} ({args.versions}); {args.setting}"
     text = f"{heading}\n\n{TABLE_HEADER}\n" + "\n".join(rows) + "\n"
@@ -480,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--versions", default="")
     p.add_argument("--setting", default="")
     p.add_argument("--date", default="")
+    p.add_argument("--phases", default="", help="the phases that were run (default: all)")
     p.add_argument("--from", dest="source", help="take gpu, versions, setting and date from this "
                                                  "gpu_check.json (a report made on the device)")
     p.set_defaults(func=cmd_report)

@@ -197,6 +197,8 @@ def test_phase_records_and_report_with_an_unfinished_phase(tmp_path):
     assert "SG-MIM / SimMIM through `sgmim train`: 0.983" in report
     assert "fixed-batch step (same compile setting as the run): 0.952" in report
     assert "service / `sgmim train`" not in report, "no ratio without the service figure"
+    gpu_phases.main(["report", "--out", str(phases), "--date", "2026-11-30", "--phases", "loader,h2d"])
+    assert "| service | n/a | skipped |" in (phases / "gpu_check.md").read_text()
     text = results.read_text()
     assert "keep me" in text and text.count("## GPU check") == 1
     assert text.count("### 2026-11-30, NVIDIA H200") == 1 and text.count("### 2026-12-01, NVIDIA H200") == 1
@@ -218,7 +220,7 @@ def test_cpu_smoke_runs_every_phase(tmp_path):
     assert all(record["images_per_s"] > 0 for record in finished.values()), finished
     assert finished["train-sgmim"]["zero_stage"] == 0, "stage auto with one process"
     assert finished["service"]["status"] == "succeeded"
-    assert "| step-compiled | n/a | not finished" in (out / "gpu_check.md").read_text()
+    assert "| step-compiled | n/a | skipped |" in (out / "gpu_check.md").read_text()
     assert any(line.startswith("SG-MIM / SimMIM") for line in summary["ratios"])
     assert "### " in results.read_text() and "CPU smoke test" in results.read_text()
     assert {"run-sgmim.log", "run-service.log", "loader.log", "run-sgmim.metrics.jsonl"} <= \
