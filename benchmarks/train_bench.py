@@ -160,7 +160,7 @@ def data_path(rounds: int, steps: int) -> None:
     former path) and compact (uint8 image, float16 depth, normalised on the device), one loader
     worker, rounds alternating; and the DataLoader alone on the same settings."""
     spec = yaml.safe_load(TINY_SPEC.read_text())
-    spec["config"]["schedule"].update(steps=steps, epochs=None, log_every=8, checkpoint_every=None)
+    spec["config"]["schedule"].update(steps=steps, epochs=None, log_every=4, checkpoint_every=None)
     spec["config"]["data"].update(num_images=256, num_workers=1)
     load = os.getloadavg()[0]
     rates: dict[str, list[float]] = {"float32": [], "compact": []}
@@ -177,12 +177,14 @@ def data_path(rounds: int, steps: int) -> None:
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
+    threads = os.environ.get("OMP_NUM_THREADS", "(unset)")
     ratios = [c / f for c, f in zip(rates["compact"], rates["float32"], strict=True)]
     loader_ratios = [c / f for c, f in zip(loader["compact"], loader["float32"], strict=True)]
     body = f"""Machine: {machine()}; torch {torch.__version__}; {today()}; load average {load:.1f}
 before, {after:.1f} after (other developers share the 2 cores: absolute figures move, the rounds
-alternate the two settings). Command: `.venv/bin/python benchmarks/train_bench.py --data-path
---rounds {rounds}`. Tiny spec, batch 32, {steps} steps, 1 loader worker, windows after step 16;
+alternate the two settings). Command: `OMP_NUM_THREADS={threads} .venv/bin/python
+benchmarks/train_bench.py --data-path --rounds {rounds}`. Tiny spec, batch 32, {steps} steps, 1 loader
+worker, the 4-step windows after step 16;
 loader alone: one pass of 256 items through the same DataLoader settings, scenes cached.
 
 | `data.transfer` | `sgmim train` img/s, median (min–max) | loader alone img/s |
@@ -227,7 +229,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.data_path:
-        data_path(args.rounds, steps=48)
+        data_path(args.rounds, steps=32)
         return
     device = torch.device("cuda" if args.gpu else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
