@@ -75,9 +75,9 @@ class Plan:
 
 
 def gradient_norm(model: torch.nn.Module) -> torch.Tensor:
-    """The 2-norm of all gradients (before clipping), on their device."""
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    """The 2-norm of all gradients (before clipping), on their device, in a few fused kernels."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -109,12 +109,17 @@ class Trainer:
                                     load_universal=universal, zero_stage=self.zero_stage)
         if env.is_main:
             atomic_write_json(self.run_dir / "ds_config.json", ds_config)
-        compiled = task.deepspeed.resolved_compile(env.on_gpu)
-        if compiled and task.deepspeed.compile_scope == "blocks":
+        compiled = task.deepspeed.resolved_compile(env.on_gpu) and task.deepspeed.compile_scope
+        if compiled == "blocks" and self.zero_stage == 3:
+            # ZeRO-3 gathers each block's weights in module hooks, which a compiled block
+            # would trace; DeepSpeed's own engine.compile knows them
+            log.info("torch.compile: ZeRO-3 compiles the whole model (engine.compile)")
+            compiled = "model"
+        if compiled == "blocks":
             log.info("torch.compile: %d blocks compiled one by one", compile_blocks(model))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
-        if compiled and task.deepspeed.compile_scope == "model":
+        if compiled == "model":
             self.engine.compile()
         self.start_step = 0
         if resume_tag:
@@ -133,7 +138,7 @@ class Trainer:
                 "total_batch": self.plan.total_batch, "world_size": env.world_size,
                 "dataset_size": len(self.dataset), "peak_lr": self.lr.peak_lr,
                 "device": env.device.type, "zero_stage": self.zero_stage,
-                "compile": compiled and task.deepspeed.compile_scope,
+                "compile": compiled,
                 "precision": ds_config["torch_autocast"]["dtype"], "start_step": self.start_step,
             })
 
