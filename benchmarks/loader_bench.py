@@ -6,8 +6,8 @@ Writes a folder of JPEG photos (500 × 375, ImageNet's typical size, quality 90)
 depth maps beside them, then times, in one process and alternating round by round:
 
 - ours: `build_pretrain_dataset(source: image_folder)` items, as a DataLoader worker makes them
-  (decode both files, paired RandomResizedCrop + flip, masks; `data.transfer` compact, the
-  default, and float32);
+  (decode both files, paired RandomResizedCrop + flip, masks; `data.transfer` compact, what
+  a GPU run uses, and float32, what a CPU run uses);
 - plain: PIL decode of both files, torchvision's RandomResizedCrop box applied to both
   (`resized_crop`, bilinear, antialias), the same flip, `to_tensor` + `normalize` of the image.
 
@@ -127,8 +127,8 @@ def main() -> int:
               for name, v in ratio.items()]
     print("\n".join(lines))
     labels = {"plain": "plain: PIL decode + RandomResizedCrop (both) + flip + to_tensor + normalise",
-              "compact": "ours, `data.transfer: compact` (default: uint8 image, float16 depth, masks)",
-              "float32": "ours, `data.transfer: float32` (normalised on the CPU)"}
+              "compact": "ours, `data.transfer: compact` (auto with a GPU: uint8 image, float16 depth)",
+              "float32": "ours, `data.transfer: float32` (auto without a GPU: normalised in the loader)"}
     rows = "\n".join(table_row(labels[name], rates[name], ratio.get(name)) for name in labels)
     body = f"""\
 `python benchmarks/loader_bench.py --images {args.images} --rounds {args.rounds} --size {args.size}`,

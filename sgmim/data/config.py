@@ -107,9 +107,11 @@ class PretrainDataConfig(StrictModel):
     synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
     strict: bool = Field(False, description="fail on a corrupt or missing file instead of skipping it")
-    transfer: Literal["compact", "float32"] = Field(
-        "compact", description="compact: the loader ships uint8 images and float16 depth and the "
-                               "device normalises them; float32: normalised on the CPU")
+    transfer: Literal["auto", "compact", "float32"] = Field(
+        "auto", description="compact: the loader ships uint8 images and float16 depth and the "
+                            "device normalises them; float32: normalised in the loader; auto: "
+                            "compact with a GPU, float32 without (there the trainer's own process "
+                            "would do the normalising the loader workers did in parallel)")
 
     @model_validator(mode="after")
     def _check_source(self) -> PretrainDataConfig:

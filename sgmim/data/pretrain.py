@@ -50,9 +50,9 @@ class PretrainDataset(Dataset):
     """Items: `image` (3, S, S), `depth` (1, S, S) in [0, 1], `image_mask` and `struct_mask`
     (h, w) uint8 on the patch grid (1 = masked).
 
-    `cfg.transfer` compact (the default): `image` uint8 pixels and `depth` float16, a quarter and
-    a half of the float32 bytes to copy to the device, where `prepare_batch` normalises them.
-    float32: `image` ImageNet-normalised float32 and `depth` float32, as the model takes them.
+    `cfg.transfer` compact (auto with a GPU): `image` uint8 pixels and `depth` float16, a quarter
+    and a half of the float32 bytes to copy to the device, where the task normalises them.
+    float32 (auto without a GPU): `image` ImageNet-normalised float32 and `depth` float32.
     """
 
     def __init__(self, source: PairSource, cfg: PretrainDataConfig, img_size: int, mask_generator: MaskFn):
@@ -61,6 +61,7 @@ class PretrainDataset(Dataset):
         self.size = (img_size, img_size)
         self.mask_generator = mask_generator
         self.policy = SkipPolicy(cfg.strict)
+        self.compact = cfg.transfer == "compact" or (cfg.transfer == "auto" and torch.cuda.is_available())
         # In shared memory so that persistent DataLoader workers see set_epoch too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -78,7 +79,7 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
         _, (rgb, depth) = self.policy.load(index, len(self.source), self.source.load)
-        compact = self.cfg.transfer == "compact"
+        compact = self.compact
         # Resized crop and flip work on uint8 pixels as well; photometric jitter needs floats.
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
         if not compact or self.cfg.augment.color_jitter > 0:

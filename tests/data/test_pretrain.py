@@ -48,7 +48,8 @@ def test_synthetic_items_follow_the_trainer_contract(masks):
 
 
 def test_compact_items_ship_uint8_pixels_and_float16_depth(masks):
-    item = synthetic(masks)[0]
+    assert not synthetic(masks).compact, "auto without a GPU: normalised in the loader"
+    item = synthetic(masks, transfer="compact")[0]
     assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.uint8
     assert item["depth"].shape == (1, SIZE, SIZE) and item["depth"].dtype == torch.float16
     assert item["image"].max() > 1, "pixels 0..255, not [0, 1]"
@@ -64,7 +65,7 @@ def test_device_normalisation_matches_the_cpu_path(masks, augment, pixel_toleran
     the rounding to uint8 (half a pixel step)."""
     from sgmim.data.transforms import normalize_pixels
 
-    compact = synthetic(masks, augment=augment)
+    compact = synthetic(masks, augment=augment, transfer="compact")
     full = synthetic(masks, augment=augment, transfer="float32")
     for dataset in (compact, full):
         dataset.set_epoch(2)
@@ -209,7 +210,7 @@ def test_pipeline_keeps_image_and_depth_aligned(tmp_path, masks):
     ramp = np.tile(np.arange(256, dtype=np.uint16), (96, 1))
     save_rgb(tmp_path / "images/ramp.png", np.stack([ramp, ramp[::-1] * 0, ramp * 0], axis=-1))
     save_png16(tmp_path / "depth/ramp.png", ramp * 257)
-    cfg = PretrainDataConfig(source="image_folder", root=str(tmp_path),
+    cfg = PretrainDataConfig(source="image_folder", root=str(tmp_path), transfer="compact",
                              augment=AugmentConfig(crop_scale=(0.2, 0.6), hflip=True))
     dataset = build_pretrain_dataset(cfg, SIZE, masks)
     flips = set()

@@ -99,7 +99,7 @@ def test_specs_are_the_papers_setting(variant):
     assert (cfg.model.encoder.img_size, cfg.model.encoder.window_size) == (192, 6)
     ds = cfg.deepspeed
     assert (ds.zero_stage, ds.precision, ds.compile) == ("auto", "bf16", "auto")
-    assert cfg.deepspeed.compile_scope == "blocks" and cfg.data.transfer == "compact"
+    assert cfg.deepspeed.compile_scope == "blocks" and cfg.data.transfer == "auto"
     assert (cfg.schedule.batch_size, cfg.schedule.steps, cfg.schedule.epochs) == (128, 300, None)
     assert cfg.schedule.checkpoint_every is None
     assert cfg.data.source == "synthetic" and cfg.data.num_images == 4096
