@@ -76,16 +76,18 @@ def gib(value: float) -> str:
 
 # ----------------------------------------------------------------------------------- loader
 
-def build_loader(spec, pin: bool):
-    """The trainer's dataset and DataLoader settings for this spec (one process)."""
+def build_loader(spec, pin: bool, transfer: str | None = None):
+    """The trainer's dataset and DataLoader settings for this spec (one process); `transfer`
+    overrides `data.transfer`."""
     from torch.utils.data import DataLoader
 
     from sgmim.data import build_pretrain_dataset
     from sgmim.models import SGMIM
 
     config = spec.config
+    data = config.data if transfer is None else config.data.model_copy(update={"transfer": transfer})
     masks = SGMIM(config.model).mask_generator()
-    dataset = build_pretrain_dataset(config.data, config.model.encoder.img_size, masks)
+    dataset = build_pretrain_dataset(data, config.model.encoder.img_size, masks)
     workers = config.data.num_workers
     loader = DataLoader(dataset, batch_size=config.schedule.batch_size, shuffle=True,
                         num_workers=workers, drop_last=True, pin_memory=pin,
@@ -128,8 +130,8 @@ def cmd_loader(args) -> None:
 
 # -------------------------------------------------------------------------------------- h2d
 
-def one_batch(spec, pin: bool) -> dict:
-    dataset, loader = build_loader(spec, pin=False)
+def one_batch(spec, pin: bool, transfer: str | None = None) -> dict:
+    dataset, loader = build_loader(spec, pin=False, transfer=transfer)
     dataset.set_epoch(0)
     batch = next(iter(loader))
     return {k: v.pin_memory() if pin else v for k, v in batch.items()}
@@ -153,7 +155,7 @@ def cmd_h2d(args) -> None:
     spec = load_spec(args.spec)
     dev = device()
     pin = dev.type == "cuda"
-    compact = one_batch(spec, pin)
+    compact = one_batch(spec, pin, transfer="compact")
     full = {**compact, "image": normalize_pixels(compact["image"]), "depth": compact["depth"].float()}
     if pin:
         full = {k: v.pin_memory() for k, v in full.items()}
