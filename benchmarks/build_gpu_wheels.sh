@@ -25,6 +25,7 @@ PYVER="3.12"
 DRY_RUN=0
 WITH_OPTIONAL=0
 WITH_PROJECT=1
+WITH_SERVICE=1
 PYTHON="${PYTHON:-}"
 OVERRIDES=()
 
@@ -32,6 +33,12 @@ OVERRIDES=()
 # pydantic 2.x / typer 0.29). Pure-Python unless marked.
 REQUIRED=(deepspeed hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions
           pydantic-settings python-dotenv typer annotated-doc)
+# What `sgmim serve --with-worker` adds (the service phase of gpu_check.sh): FastAPI, uvicorn,
+# SQLAlchemy + Alembic on SQLite, Celery on the filesystem broker, httpx. --no-service: not these.
+SERVICE=(fastapi starlette uvicorn h11 anyio idna sqlalchemy alembic mako markupsafe celery kombu
+         billiard vine amqp click click-didyoumean click-plugins click-repl prompt-toolkit wcwidth
+         python-dateutil six tzlocal httpx httpcore certifi prometheus-client rich markdown-it-py
+         mdurl pygments)
 # Already on that machine; for another GPU machine that lacks them.
 OPTIONAL=(ninja py-cpuinfo msgpack safetensors timm einops psutil)
 # Limit of what one device call may carry, with the working tree (64 MiB together).
@@ -46,6 +53,7 @@ Options:
   --python-version V   target interpreter of the GPU machine (default 3.12)
   --with-optional      also: ninja py-cpuinfo msgpack safetensors timm einops psutil
   --no-project         do not build the sgmim wheel
+  --no-service         leave out the service's packages (gpu_check.sh then skips its service phase)
   --python PATH        interpreter that runs pip here (default .venv/bin/python)
   --dry-run            print the commands, fetch and build nothing
   NAME==VERSION        use this version instead of the one installed in .venv
@@ -58,6 +66,7 @@ while [[ $# -gt 0 ]]; do
         --python-version) PYVER="$2"; shift 2 ;;
         --with-optional) WITH_OPTIONAL=1; shift ;;
         --no-project) WITH_PROJECT=0; shift ;;
+        --no-service) WITH_SERVICE=0; shift ;;
         --python) PYTHON="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -70,6 +79,7 @@ if [[ -z "$PYTHON" ]]; then
 fi
 
 names=("${REQUIRED[@]}")
+[[ $WITH_SERVICE == 1 ]] && names+=("${SERVICE[@]}")
 [[ $WITH_OPTIONAL == 1 ]] && names+=("${OPTIONAL[@]}")
 
 # NAME==VERSION for each name: an override, else the version installed here.

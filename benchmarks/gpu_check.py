@@ -1,11 +1,12 @@
-"""Helper of benchmarks/gpu_check.sh: job specs, the peak-memory hook, and the summary.
+"""Helper of benchmarks/gpu_check.sh: the job specs (the phases are benchmarks/gpu_phases.py);
+also the peak-memory hook and the summary of the former two-run check.
 
     python benchmarks/gpu_check.py spec --steps 300 --batch 128 --out-dir DIR  # DIR/{simmim,sgmim}.yaml
     python benchmarks/gpu_check.py hook DIR          # writes DIR/sitecustomize.py
     python benchmarks/gpu_check.py summarize --run simmim=RUN_DIR --run sgmim=RUN_DIR ...
 
 The specs are the paper's Swin-B/192 pretraining spec (examples/jobs/pretrain-swin-base-100ep.yaml)
-on synthetic RGB-D scenes, DeepSpeed ZeRO-2 with bf16 autocast, run for a fixed number of steps;
+on synthetic RGB-D scenes, DeepSpeed (stage auto) with bf16 autocast, run for a fixed number of steps;
 SimMIM is the same spec with `guidance.enabled: false`.
 
 Peak memory: the trainer does not log it, so the hook (a `sitecustomize` put first on
@@ -89,7 +90,7 @@ for _entry in sys.path:
 # ----------------------------------------------------------------------------------------- spec
 
 def make_spec(variant: str, steps: int, batch: int, workers: int, num_images: int, log_every: int,
-              compile_model: bool, cpu_smoke: bool = False) -> dict:
+              compile_model: bool | str = "auto", cpu_smoke: bool = False) -> dict:
     """The benchmark spec (a decoded job spec, validated by the caller or by `sgmim train`)."""
     if variant not in ("sgmim", "simmim"):
         raise ValueError(f"variant must be sgmim or simmim, not {variant!r}")
@@ -115,7 +116,8 @@ def make_spec(variant: str, steps: int, batch: int, workers: int, num_images: in
     }
     config["schedule"] = {"batch_size": batch, "steps": steps, "log_every": log_every,
                           "checkpoint_every": None, "keep_checkpoints": 1}
-    config["deepspeed"] = {"zero_stage": 2, "precision": "fp32" if cpu_smoke else "bf16",
+    # the spec's defaults: ZeRO stage auto (0 on one GPU), compile auto (on for CUDA), per block
+    config["deepspeed"] = {"zero_stage": "auto", "precision": "fp32" if cpu_smoke else "bf16",
                            "compile": compile_model}
     spec["resources"] = {"gpus": 1, "nodes": 1}
     spec["max_restarts"] = 0
@@ -127,8 +129,9 @@ def cmd_spec(args: argparse.Namespace) -> int:
     from sgmim.spec import SpecError, parse_spec
 
     for variant in args.variants.split(","):
+        compile_model = {"auto": "auto", "on": True, "off": False}[args.compile]
         spec = make_spec(variant, args.steps, args.batch, args.workers, args.num_images,
-                         args.log_every, args.compile, args.cpu_smoke)
+                         args.log_every, compile_model, args.cpu_smoke)
         try:
             parse_spec(spec)
         except SpecError as exc:
@@ -289,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)))
     p.add_argument("--num-images", type=int, default=4096)
     p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--compile", action="store_true", help="deepspeed.compile: true (engine.compile)")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="deepspeed.compile (default auto: on for CUDA)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model, fp32: the pipeline on a CPU")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_spec)

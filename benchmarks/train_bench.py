@@ -3,6 +3,7 @@ full trainer's overhead over a bare step loop on the same model.
 
     .venv/bin/python benchmarks/train_bench.py            # CPU: tiny and Swin-T/192 models
     .venv/bin/python benchmarks/train_bench.py --gpu      # on a GPU: Swin-B/192, batch 128, bf16
+    .venv/bin/python benchmarks/train_bench.py --data-path --rounds 3   # compact vs float32 batches
 
 Writes the "Trainer" section of benchmarks/RESULTS.md. Ratios are throughput ratios measured
 in one run (SG-MIM img/s ÷ SimMIM img/s; trainer img/s ÷ bare-loop img/s).
@@ -137,11 +138,103 @@ def trainer_overhead(steps: int, workers: int, zero_stage: int) -> tuple[float, 
     return bare, trainer
 
 
+def trainer_rate(spec: dict, after_step: int) -> float:
+    """img/s of one `sgmim train` run of `spec`: total images / total time of the metric
+    windows after `after_step`."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        run_dir = Path(tmp) / "run"
+        done = subprocess.run([sys.executable, "-m", "sgmim.cli", "train", str(path), "--run-dir",
+                               str(run_dir)], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(done.stdout + done.stderr)
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return statistics.harmonic_mean([m["images_per_s"] for m in lines
+                                     if "images_per_s" in m and m["step"] > after_step])
+
+
+def data_path(rounds: int, steps: int) -> None:
+    """`sgmim train` on the tiny spec with `data.transfer` float32 (normalised on the CPU, the
+    former path) and compact (uint8 image, float16 depth, normalised on the device), one loader
+    worker, rounds alternating; and the DataLoader alone on the same settings."""
+    spec = yaml.safe_load(TINY_SPEC.read_text())
+    spec["config"]["schedule"].update(steps=steps, epochs=None, log_every=4, checkpoint_every=None)
+    spec["config"]["data"].update(num_images=256, num_workers=1)
+    load = os.getloadavg()[0]
+    rates: dict[str, list[float]] = {"float32": [], "compact": []}
+    loader: dict[str, list[float]] = {"float32": [], "compact": []}
+    for _ in range(rounds):
+        for transfer in rates:
+            spec["config"]["data"]["transfer"] = transfer
+            rates[transfer].append(trainer_rate(spec, after_step=16))
+            loader[transfer].append(loader_rate(spec))
+            print(transfer, f"trainer {rates[transfer][-1]:.1f}", f"loader {loader[transfer][-1]:.0f}",
+                  flush=True)
+    after = os.getloadavg()[0]
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+    threads = os.environ.get("OMP_NUM_THREADS", "(unset)")
+    ratios = [c / f for c, f in zip(rates["compact"], rates["float32"], strict=True)]
+    loader_ratios = [c / f for c, f in zip(loader["compact"], loader["float32"], strict=True)]
+    body = f"""Machine: {machine()}; torch {torch.__version__}; {today()}; load average {load:.1f}
+before, {after:.1f} after (other developers share the 2 cores: absolute figures move, the rounds
+alternate the two settings). Command: `OMP_NUM_THREADS={threads} .venv/bin/python
+benchmarks/train_bench.py --data-path --rounds {rounds}`. Tiny spec, batch 32, {steps} steps, 1 loader
+worker, the 4-step windows after step 16;
+loader alone: one pass of 256 items through the same DataLoader settings, scenes cached.
+
+| `data.transfer` | `sgmim train` img/s, median (min–max) | loader alone img/s |
+|---|---|---|
+| float32 (before; now auto without a GPU) | {cell(rates['float32'])} | \
+{cell(loader['float32'])} |
+| compact (auto with a GPU: uint8 image, float16 depth) | {cell(rates['compact'])} | \
+{cell(loader['compact'])} |
+
+compact / float32: trainer {statistics.median(ratios):.3f} (rounds {min(ratios):.3f}–{max(ratios):.3f}),
+loader {statistics.median(loader_ratios):.3f} (rounds {min(loader_ratios):.3f}–{max(loader_ratios):.3f}).
+The loader alone is faster with compact batches (no float image, no normalising), but on the
+CPU the "device" is the trainer's own process, which then normalises serially with the step
+instead of the loader worker doing it in parallel (trainer ratio above; 0.908–0.940 on 2026-11-30). So
+`data.transfer: auto` keeps float32 on the CPU and uses compact batches only with a GPU, where
+the host→device bytes (a quarter for the image, half for the depth) and the normalising kernels
+are what counts: the `h2d` phase of `benchmarks/gpu_check.sh` measures that; not yet run.
+"""
+    write_section("Data path (CPU)", body)
+
+
+def loader_rate(spec: dict) -> float:
+    from sgmim.data import build_pretrain_dataset
+    from sgmim.spec import parse_spec
+
+    job = parse_spec(spec)
+    cfg = job.config
+    data = build_pretrain_dataset(cfg.data, cfg.model.encoder.img_size, SGMIM(cfg.model).mask_generator())
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.schedule.batch_size, drop_last=True,
+                                         num_workers=cfg.data.num_workers,
+                                         persistent_workers=cfg.data.num_workers > 0)
+    for epoch in range(2):  # the first pass renders (or reads) the scenes
+        data.set_epoch(epoch)
+        start = time.perf_counter()
+        images = sum(b["image"].shape[0] for b in loader)
+    return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--data-path", action="store_true",
+                        help="only the compact vs float32 loader batches comparison")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.data_path:
+        data_path(args.rounds, steps=32)
+        return
     device = torch.device("cuda" if args.gpu else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     models = GPU_MODELS if args.gpu else CPU_MODELS

@@ -18,7 +18,7 @@ from sgmim.data.errors import SkipPolicy
 from sgmim.data.image_folder import ImageFolderSource
 from sgmim.data.synthetic import split_seeds
 from sgmim.data.synthetic.source import CachedScenes
-from sgmim.data.transforms import SMOOTH, augment_pair, image_to_tensor, normalize
+from sgmim.data.transforms import SMOOTH, augment_pair, image_to_tensor, normalize, to_uint8
 from sgmim.spec.data import PretrainDataConfig, Size
 
 MaskFn = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -47,8 +47,13 @@ class SyntheticSource(CachedScenes):
 
 
 class PretrainDataset(Dataset):
-    """Items: `image` (3, S, S) float32 ImageNet-normalised, `depth` (1, S, S) float32 in [0, 1],
-    `image_mask` and `struct_mask` (h, w) uint8 on the patch grid (1 = masked)."""
+    """Items: `image` (3, S, S), `depth` (1, S, S) in [0, 1], `image_mask` and `struct_mask`
+    (h, w) uint8 on the patch grid (1 = masked).
+
+    `cfg.transfer` compact (auto with a GPU): `image` uint8 pixels and `depth` float16, a quarter
+    and a half of the float32 bytes to copy to the device, where the task normalises them.
+    float32 (auto without a GPU): `image` ImageNet-normalised float32 and `depth` float32.
+    """
 
     def __init__(self, source: PairSource, cfg: PretrainDataConfig, img_size: int, mask_generator: MaskFn):
         self.source = source
@@ -56,6 +61,7 @@ class PretrainDataset(Dataset):
         self.size = (img_size, img_size)
         self.mask_generator = mask_generator
         self.policy = SkipPolicy(cfg.strict)
+        self.compact = cfg.transfer == "compact" or (cfg.transfer == "auto" and torch.cuda.is_available())
         # In shared memory so that persistent DataLoader workers see set_epoch too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -73,12 +79,21 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
         _, (rgb, depth) = self.policy.load(index, len(self.source), self.source.load)
-        sample = {"image": image_to_tensor(rgb), "depth": torch.tensor(depth)[None]}
+        compact = self.compact
+        # Resized crop and flip work on uint8 pixels as well; photometric jitter needs floats.
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        if not compact or self.cfg.augment.color_jitter > 0:
+            image = image_to_tensor(rgb)
+        sample = {"image": image, "depth": torch.tensor(depth)[None]}
         sample = augment_pair(sample, {"image": SMOOTH, "depth": SMOOTH}, rng, self.cfg.augment, self.size)
         image_mask, struct_mask = self.mask_generator(rng)
+        if compact:
+            image, depth = to_uint8(sample["image"]), sample["depth"].half()
+        else:
+            image, depth = normalize(sample["image"]), sample["depth"]
         return {
-            "image": normalize(sample["image"]).contiguous(),
-            "depth": sample["depth"].contiguous(),
+            "image": image.contiguous(),
+            "depth": depth.contiguous(),
             "image_mask": torch.from_numpy(np.ascontiguousarray(image_mask, dtype=np.uint8)),
             "struct_mask": torch.from_numpy(np.ascontiguousarray(struct_mask, dtype=np.uint8)),
         }

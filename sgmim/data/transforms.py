@@ -57,6 +57,21 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image - mean) / std
 
 
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) image as uint8 pixels: kept if it already is, else [0, 1] floats rounded."""
+    if image.dtype == torch.uint8:
+        return image
+    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def normalize_pixels(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of (B, 3, H, W) uint8 pixels on their own device: the same
+    numbers as `normalize(image / 255)`, with the arithmetic where the batch already is."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1) * 255.0
+    return (image.float() - mean) / std
+
+
 def random_resized_box(rng: np.random.Generator, height: int, width: int,
                        scale: tuple[float, float], ratio: tuple[float, float], attempts: int = 10) -> Box:
     """RandomResizedCrop's box: area fraction in `scale`, aspect (w/h) log-uniform in `ratio`.

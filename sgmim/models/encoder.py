@@ -39,6 +39,15 @@ def simmim_vit_init(net: Beit) -> None:
     net.fix_init_weight()
 
 
+def use_fused_attention(backbone: nn.Module) -> None:
+    """Attention through PyTorch's fused SDPA kernels: timm uses them for ViT but leaves them
+    off for Swin ("experimental"), where they compute the same softmax(q·kᵀ/√d + bias + mask)·v
+    (checked by tests/models/test_encoder.py). SwinV2's cosine attention has no fused path."""
+    for module in backbone.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = True
+
+
 class MaskedEncoder(nn.Module):
     def __init__(self, config: EncoderConfig, in_chans: int = 3):
         super().__init__()
@@ -54,6 +63,7 @@ class MaskedEncoder(nn.Module):
         simmim_vit = isinstance(self.backbone, Beit)
         if simmim_vit:
             simmim_vit_init(self.backbone)
+        use_fused_attention(self.backbone)
         self.embed_dim = self.backbone.patch_embed.proj.out_channels
         self.patch_size = self.backbone.patch_embed.patch_size[0]
         self.grid_size = tuple(self.backbone.patch_embed.grid_size)

@@ -79,6 +79,9 @@ class SyntheticConfig(StrictModel):
     cache_mb: int = Field(
         512, ge=0, description="keep rendered scenes in memory up to this size per process "
                                "(0: render every time)")
+    disk_cache: bool = Field(
+        True, description="keep rendered scenes on disk (under the cache root, keyed by the scene "
+                          "settings, seeds and size) so the next run of the same set skips the render")
 
     @field_validator("num_objects")
     @classmethod
@@ -104,6 +107,11 @@ class PretrainDataConfig(StrictModel):
     synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
     strict: bool = Field(False, description="fail on a corrupt or missing file instead of skipping it")
+    transfer: Literal["auto", "compact", "float32"] = Field(
+        "auto", description="compact: the loader ships uint8 images and float16 depth and the "
+                            "device normalises them; float32: normalised in the loader; auto: "
+                            "compact with a GPU, float32 without (there the trainer's own process "
+                            "would do the normalising the loader workers did in parallel)")
 
     @model_validator(mode="after")
     def _check_source(self) -> PretrainDataConfig:

@@ -54,15 +54,31 @@ class ScheduleConfig(StrictModel):
 
 
 class DeepSpeedConfig(StrictModel):
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal["auto", 0, 1, 2, 3] = Field(
+        "auto", description="auto: 0 with one process (nothing to shard; partitioning only costs "
+                            "time), 2 with several; a resumed run keeps its checkpoint's stage")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     offload_optimizer: bool = False
     offload_params: bool = Field(False, description="ZeRO-3 only")
-    compile: bool = Field(False, description="torch.compile the model (engine.compile)")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the model; auto: on GPU yes, on the CPU no")
+    compile_scope: Literal["blocks", "model"] = Field(
+        "blocks", description="blocks: compile each repeated transformer block (and the fusion "
+                              "block) on its own, so compile time stays bounded and blocks of one "
+                              "shape share their code; model: the whole model (engine.compile)")
 
     @model_validator(mode="after")
     def _check_offload(self) -> DeepSpeedConfig:
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
         return self
+
+    def resolved_zero_stage(self, world_size: int) -> int:
+        """The stage a fresh run uses (a resumed run may keep its checkpoint's, see the trainer)."""
+        if self.zero_stage != "auto":
+            return self.zero_stage
+        return 2 if world_size > 1 or self.offload_optimizer else 0
+
+    def resolved_compile(self, on_gpu: bool) -> bool:
+        return on_gpu if self.compile == "auto" else self.compile

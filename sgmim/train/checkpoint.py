@@ -39,6 +39,34 @@ def saved_world_size(tag_dir: Path) -> int | None:
     return len(list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))) or None
 
 
+STAGE_FILE = "sgmim_zero.json"  # beside DeepSpeed's files in a tag folder: {"zero_stage": N}
+
+
+def record_zero_stage(tag_dir: Path, stage: int) -> None:
+    atomic_write_json(tag_dir / STAGE_FILE, {"zero_stage": stage})
+
+
+def saved_zero_stage(tag_dir: Path) -> int:
+    """The ZeRO stage a checkpoint was written with: recorded by the trainer; for a checkpoint
+    from before the record, 0 when it has no ZeRO partition files, else 2 (stages 1 and 2 share
+    a format)."""
+    record = tag_dir / STAGE_FILE
+    if record.is_file():
+        return int(json.loads(record.read_text())["zero_stage"])
+    if list(tag_dir.glob("zero_pp_rank_*_model_states.pt")):  # ZeRO-3 partitions the weights
+        return 3
+    if list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
+        return 2
+    return 0
+
+
+def stages_compatible(saved: int, requested: int) -> bool:
+    """Whether DeepSpeed loads a stage-`saved` checkpoint into a stage-`requested` engine with
+    its optimiser state (stage 0 keeps it whole, 1 and 2 partition it alike, 3 also the weights;
+    a stage-0 checkpoint in a ZeRO engine would silently start the optimiser afresh)."""
+    return saved == requested or {saved, requested} == {1, 2}
+
+
 def to_universal(ckpt_dir: Path, tag: str, zero_stage: int) -> str:
     """Convert a ZeRO checkpoint with DeepSpeed's `ds_to_universal` (run once, by rank 0)."""
     universal = f"{tag}_universal"

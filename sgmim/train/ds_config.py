@@ -24,9 +24,11 @@ def resolve_precision(requested: str, on_gpu: bool) -> str:
 
 
 def build_ds_config(ds: DeepSpeedConfig, schedule: ScheduleConfig, clip_grad: float | None,
-                    env: DistEnv, load_universal: bool = False) -> dict:
+                    env: DistEnv, load_universal: bool = False, zero_stage: int | None = None) -> dict:
+    """`zero_stage`: the stage chosen for this run (default: the spec's, resolved)."""
     precision = resolve_precision(ds.precision, env.on_gpu)
-    zero: dict = {"stage": ds.zero_stage}
+    stage = ds.resolved_zero_stage(env.world_size) if zero_stage is None else zero_stage
+    zero: dict = {"stage": stage}
     config = {
         "train_micro_batch_size_per_gpu": schedule.batch_size,
         "gradient_accumulation_steps": schedule.accumulation,

@@ -43,10 +43,14 @@ class WindowMeter:
         for name, value in named.items():
             value = value.detach().float()
             self.sums[name] = self.sums.get(name, 0) + value
-        bad = ~torch.isfinite(named["loss"].detach())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.watch(named["loss"], step)
         self.count += 1
         self.steps_seen.add(step)
+
+    def watch(self, value: torch.Tensor, step: int) -> None:
+        """Remember `step` if `value` (a loss, a gradient norm) is not finite; on the device."""
+        bad = ~torch.isfinite(value.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
     def first_nonfinite_step(self) -> int | None:
         flag = self.first_bad.clone()

@@ -10,6 +10,7 @@ import torch
 
 from sgmim import rundir
 from sgmim.data import build_pretrain_dataset
+from sgmim.data.transforms import normalize_pixels
 from sgmim.models import SGMIM
 from sgmim.spec import PretrainJob
 from sgmim.train.checkpoint import write_safetensors
@@ -38,7 +39,11 @@ class PretrainTask:
         return param_groups(model, self.optim.weight_decay, model.no_weight_decay_names())
 
     def forward(self, engine, batch: dict) -> dict[str, torch.Tensor]:
-        out = engine(batch["image"], batch["depth"], batch["image_mask"], batch["struct_mask"])
+        """`batch` on the device, as the loader shipped it (`data.transfer`)."""
+        image, depth = batch["image"], batch["depth"].float()
+        if image.dtype == torch.uint8:
+            image = normalize_pixels(image)
+        out = engine(image, depth, batch["image_mask"], batch["struct_mask"])
         named = {"loss": out.loss, "loss_img": out.loss_image}
         if out.loss_struct is not None:
             named["loss_struct"] = out.loss_struct

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from sgmim import rundir
+from sgmim.caches import use_cache_root
 from sgmim.rundir import TrainerExit
 from sgmim.spec import AnyJob, SpecError, load_spec
 from sgmim.train.checkpoint import atomic_write_text
@@ -59,6 +60,7 @@ def run(spec: AnyJob, run_dir: Path) -> TrainerExit:
     from sgmim.train.trainer import DataTooSmall, NonFiniteLoss, Trainer
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    use_cache_root(run_dir)  # compiled kernels and rendered scenes outlive the run
     env = read_env()
     setup_logging(run_dir, env)
     if env.is_main and not (run_dir / rundir.SPEC).exists():

@@ -19,13 +19,18 @@ from torch.utils.data import DataLoader
 from sgmim import rundir
 from sgmim.rundir import tag_for
 from sgmim.train.checkpoint import (
+    ResumeError,
     atomic_write_json,
     consolidated_state_dict,
     latest_tag,
     prune,
+    record_zero_stage,
     saved_world_size,
+    saved_zero_stage,
+    stages_compatible,
     to_universal,
 )
+from sgmim.train.compile import compile_blocks
 from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
 from sgmim.train.ds_config import build_ds_config
 from sgmim.train.metrics import MetricsWriter, WindowMeter
@@ -70,6 +75,12 @@ class Plan:
         return cls(steps_per_epoch, total, per_rank_step, per_rank_step * world_size)
 
 
+def gradient_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The 2-norm of all gradients (before clipping), on their device, in a few fused kernels."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -93,14 +104,23 @@ class Trainer:
         optimizer = torch.optim.AdamW(task.param_groups(model), lr=self.lr.peak_lr,
                                       betas=task.optim.betas, eps=task.optim.eps, fused=env.on_gpu)
         scheduler = ScheduledLR(optimizer, self.lr)
+        self.zero_stage = self._zero_stage()
         resume_tag, universal = self._resume_tag()
         ds_config = build_ds_config(task.deepspeed, task.schedule, task.optim.clip_grad, env,
-                                    load_universal=universal)
+                                    load_universal=universal, zero_stage=self.zero_stage)
         if env.is_main:
             atomic_write_json(self.run_dir / rundir.DS_CONFIG, ds_config)
+        compiled = task.deepspeed.resolved_compile(env.on_gpu) and task.deepspeed.compile_scope
+        if compiled == "blocks" and self.zero_stage == 3:
+            # ZeRO-3 gathers each block's weights in module hooks, which a compiled block
+            # would trace; DeepSpeed's own engine.compile knows them
+            log.info("torch.compile: ZeRO-3 compiles the whole model (engine.compile)")
+            compiled = "model"
+        if compiled == "blocks":
+            log.info("torch.compile: %d blocks compiled one by one", compile_blocks(model))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
-        if task.deepspeed.compile:
+        if compiled == "model":
             self.engine.compile()
         self.start_step = 0
         if resume_tag:
@@ -118,9 +138,32 @@ class Trainer:
                 "total_steps": self.plan.total_steps, "steps_per_epoch": self.plan.steps_per_epoch,
                 "total_batch": self.plan.total_batch, "world_size": env.world_size,
                 "dataset_size": len(self.dataset), "peak_lr": self.lr.peak_lr,
-                "device": env.device.type, "zero_stage": task.deepspeed.zero_stage,
+                "device": env.device.type, "zero_stage": self.zero_stage,
+                "compile": compiled,
                 "precision": ds_config["torch_autocast"]["dtype"], "start_step": self.start_step,
             })
+
+    def _zero_stage(self) -> int:
+        """The spec's stage; with `auto` a resumed run keeps its checkpoint's stage, so the
+        optimiser state always loads (stage 0 keeps it whole, loadable on any process count;
+        2 converts to a universal checkpoint for another count)."""
+        ds = self.task.deepspeed
+        fresh = ds.resolved_zero_stage(self.env.world_size)
+        tag = latest_tag(self.ckpt_dir)
+        if tag is None:
+            return fresh
+        saved = saved_zero_stage(self.ckpt_dir / tag)
+        if ds.zero_stage == "auto":
+            if saved != fresh:
+                log.info("zero_stage auto: checkpoint %s was written with ZeRO-%d; keeping it "
+                         "(a fresh run on %d processes would use %d)", tag, saved,
+                         self.env.world_size, fresh)
+            return saved
+        if not stages_compatible(saved, fresh):
+            raise ResumeError(f"checkpoint {self.ckpt_dir / tag} was written with ZeRO stage "
+                              f"{saved}; this spec asks for stage {fresh}, which cannot load its "
+                              f"optimiser state: set deepspeed.zero_stage to {saved} or auto")
+        return fresh
 
     def _resume_tag(self) -> tuple[str | None, bool]:
         """The tag to resume from and whether it must load as a universal checkpoint."""
@@ -133,7 +176,7 @@ class Trainer:
         log.info("checkpoint %s was written by %d processes; this run has %d", tag, saved,
                  self.env.world_size)
         if self.env.is_main:
-            to_universal(self.ckpt_dir, tag, self.task.deepspeed.zero_stage)
+            to_universal(self.ckpt_dir, tag, self.zero_stage)
         barrier()
         return f"{tag}_universal", True
 
@@ -166,6 +209,13 @@ class Trainer:
                 named = self.task.forward(engine, _to_device(batch, self.env.device))
                 meter.add(named, step + 1)
                 engine.backward(named["loss"])
+                if boundary and self.zero_stage == 0:
+                    # ZeRO finds non-finite gradients and reports the norm it clipped with;
+                    # stage 0 does neither, so the trainer takes the norm (device-side, no
+                    # host sync): logged at log steps, and a non-finite one stops the run
+                    # before the next checkpoint, as a non-finite loss does.
+                    self.grad_norm = gradient_norm(engine.module)
+                    meter.watch(self.grad_norm, step + 1)
                 skipped = engine.skipped_steps
                 engine.step()
                 if not boundary:
@@ -175,7 +225,7 @@ class Trainer:
                     # DeepSpeed skips an update whose gradients overflowed; without fp16 loss
                     # scaling that is divergence, not a scale to lower
                     raise NonFiniteLoss(step, "the gradient")
-                if step % sch.log_every == 0 or step == plan.total_steps:
+                if self._logs_at(step):
                     self._log(meter, step, plan.total_batch)
                 if sch.checkpoint_every and step % sch.checkpoint_every == 0:
                     self._check_finite(meter)
@@ -193,6 +243,9 @@ class Trainer:
             self.save(step)
         self.finish(step)
 
+    def _logs_at(self, step: int) -> bool:
+        return step % self.task.schedule.log_every == 0 or step == self.plan.total_steps
+
     def _check_finite(self, meter: WindowMeter) -> None:
         bad = meter.first_nonfinite_step()
         if bad is not None:
@@ -204,6 +257,8 @@ class Trainer:
         values = all_reduce_mean(values).tolist()
         window_steps, seconds = meter.reset()
         grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = getattr(self, "grad_norm", None)
         fields = dict(zip(names, values, strict=True))
         fields["lr"] = self.engine.get_lr()[0] / self.engine.optimizer.param_groups[0].get("lr_scale", 1.0)
         if grad_norm is not None:
@@ -221,6 +276,7 @@ class Trainer:
                                     client_state={"step": step, "epoch": epoch})
         barrier()
         if self.env.is_main:
+            record_zero_stage(self.ckpt_dir / tag_for(step), self.zero_stage)
             prune(self.ckpt_dir, self.task.schedule.keep_checkpoints)
         log.info("checkpoint %s saved", tag_for(step))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sgmim.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_pretrain_dataset
+from sgmim.data import IMAGENET_STD, DataError, build_pretrain_dataset
 from sgmim.data.synthetic import scene as scene_module
 from sgmim.models import MaskGenerator
 from sgmim.spec import AugmentConfig, PretrainDataConfig
@@ -30,7 +30,7 @@ def synthetic(masks, **kwargs):
 
 
 def test_synthetic_items_follow_the_trainer_contract(masks):
-    dataset = synthetic(masks)
+    dataset = synthetic(masks, transfer="float32")
     item = dataset[0]
     assert set(item) == {"image", "depth", "image_mask", "struct_mask"}
     assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
@@ -40,6 +40,39 @@ def test_synthetic_items_follow_the_trainer_contract(masks):
     assert item["image_mask"].dtype == torch.uint8 and item["image_mask"].shape == (8, 8)
     assert torch.equal(item["struct_mask"], 1 - item["image_mask"])
     assert int(item["image_mask"].sum()) == masks.num_masked * masks.scale**2
+
+
+def test_compact_items_ship_uint8_pixels_and_float16_depth(masks):
+    assert not synthetic(masks).compact, "auto without a GPU: normalised in the loader"
+    item = synthetic(masks, transfer="compact")[0]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.uint8
+    assert item["depth"].shape == (1, SIZE, SIZE) and item["depth"].dtype == torch.float16
+    assert item["image"].max() > 1, "pixels 0..255, not [0, 1]"
+
+
+@pytest.mark.parametrize(("augment", "pixel_tolerance"), [
+    (NO_AUGMENT, 0.0),                       # no resampling: the very same pixels
+    (AugmentConfig(color_jitter=0.3), 0.5),  # resized, jittered: rounded to whole pixel values
+])
+def test_device_normalisation_matches_the_cpu_path(masks, augment, pixel_tolerance):
+    """The compact batch normalised where the trainer does it (`normalize_pixels` on the batch's
+    device, here the CPU) is the float32 path's batch: exactly without resampling, else within
+    the rounding to uint8 (half a pixel step)."""
+    from sgmim.data.transforms import normalize_pixels
+
+    compact = synthetic(masks, augment=augment, transfer="compact")
+    full = synthetic(masks, augment=augment, transfer="float32")
+    for dataset in (compact, full):
+        dataset.set_epoch(2)
+    batch_c = next(iter(DataLoader(compact, batch_size=4)))
+    batch_f = next(iter(DataLoader(full, batch_size=4)))
+    image = normalize_pixels(batch_c["image"])
+    assert image.dtype == torch.float32
+    tolerance = pixel_tolerance / 255 / min(IMAGENET_STD) + 1e-5
+    torch.testing.assert_close(image, batch_f["image"], atol=tolerance, rtol=0)
+    torch.testing.assert_close(batch_c["depth"].float(), batch_f["depth"], atol=5e-4, rtol=0)
+    assert torch.equal(batch_c["image_mask"], batch_f["image_mask"])
+    assert torch.equal(batch_c["struct_mask"], batch_f["struct_mask"])
 
 
 def test_item_is_a_function_of_seed_epoch_and_index(masks):
@@ -66,7 +99,9 @@ def test_workers_see_set_epoch_and_match_the_main_process(masks):
         assert torch.equal(batches[0]["image"], expected), f"epoch {epoch}"
 
 
-def test_scenes_are_rendered_once_then_cached(masks, monkeypatch):
+@pytest.fixture
+def render_calls(monkeypatch) -> list[int]:
+    """The seeds render_scene was called with (the scene is still rendered)."""
     calls = []
     render = scene_module.render_scene
 
@@ -75,11 +110,40 @@ def test_scenes_are_rendered_once_then_cached(masks, monkeypatch):
         return render(*args, **kwargs)
 
     monkeypatch.setattr("sgmim.data.synthetic.source.render_scene", counting)
+    return calls
+
+
+def test_scenes_are_rendered_once_then_cached(masks, render_calls, monkeypatch):
+    monkeypatch.delenv("SGMIM_CACHE_DIR")  # memory only: outside a run there is no disk cache
     dataset = synthetic(masks)
     for epoch in range(3):
         dataset.set_epoch(epoch)
         _ = [dataset[i] for i in range(len(dataset))]
-    assert len(calls) == len(dataset)
+    assert len(render_calls) == len(dataset)
+
+
+def test_disk_cache_serves_the_next_run_and_follows_the_scene_settings(masks, render_calls,
+                                                                        monkeypatch, tmp_path):
+    monkeypatch.setenv("SGMIM_CACHE_DIR", str(tmp_path))
+
+    def epoch_of(dataset):
+        return [dataset[i] for i in range(len(dataset))]
+
+    first = epoch_of(synthetic(masks))
+    assert len(render_calls) == 8 and len(list(tmp_path.glob("scenes/*/*.npz"))) == 8
+    again = epoch_of(synthetic(masks))  # a new run: an empty memory cache, the same disk
+    assert len(render_calls) == 8, "the second run renders nothing"
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(first, again, strict=True) for k in a)
+
+    from sgmim.spec.data import PseudoDepthConfig, SyntheticConfig
+
+    changed = SyntheticConfig(pseudo_depth=PseudoDepthConfig(blur=0.05))
+    other = epoch_of(synthetic(masks, synthetic=changed))
+    assert len(render_calls) == 16, "other scene settings: rendered afresh, not the old scenes"
+    assert not torch.equal(other[0]["depth"], first[0]["depth"])
+    assert len(list(tmp_path.glob("scenes/*"))) == 2
+    epoch_of(synthetic(masks, synthetic=SyntheticConfig(disk_cache=False), seed=100))
+    assert len(render_calls) == 24 and len(list(tmp_path.glob("scenes/*"))) == 2, "opted out"
 
 
 def test_synthetic_splits_do_not_overlap(masks):
@@ -99,7 +163,7 @@ def test_image_folder_pairs_sub_paths_and_reports_images_without_depth(image_fol
     assert "orphan.jpg" in caplog.text and "1 images without a depth map" in caplog.text
     names = [dataset.source.name(i) for i in range(len(dataset))]
     assert names == ["a/one.jpg", "b/c/two.png", "three.png"]
-    depth_means = [float(dataset[i]["depth"].mean()) for i in range(3)]
+    depth_means = [float(dataset[i]["depth"].float().mean()) for i in range(3)]
     np.testing.assert_allclose(depth_means, [(65535 // 4) / 65535, 0.75, 1.0], atol=1e-4)
     assert dataset[2]["depth"].shape == (1, SIZE, SIZE), "a smaller depth map is resized to its image"
 
@@ -115,7 +179,7 @@ def test_corrupt_file_is_skipped_and_counted_unless_strict(image_folder_root, ma
     with caplog.at_level(logging.WARNING, logger="sgmim.data"):
         item = dataset[0]
     assert dataset.policy.skipped == 1 and "one.png" in caplog.text
-    assert torch.allclose(item["depth"].mean(), torch.tensor(0.75)), "the next item stands in"
+    assert torch.allclose(item["depth"].float().mean(), torch.tensor(0.75)), "the next item stands in"
 
 
 def test_corrupt_file_is_fatal_in_strict_mode(image_folder_root, masks):
@@ -141,15 +205,15 @@ def test_pipeline_keeps_image_and_depth_aligned(tmp_path, masks):
     ramp = np.tile(np.arange(256, dtype=np.uint16), (96, 1))
     save_rgb(tmp_path / "images/ramp.png", np.stack([ramp, ramp[::-1] * 0, ramp * 0], axis=-1))
     save_png16(tmp_path / "depth/ramp.png", ramp * 257)
-    cfg = PretrainDataConfig(source="image_folder", root=str(tmp_path),
+    cfg = PretrainDataConfig(source="image_folder", root=str(tmp_path), transfer="compact",
                              augment=AugmentConfig(crop_scale=(0.2, 0.6), hflip=True))
     dataset = build_pretrain_dataset(cfg, SIZE, masks)
     flips = set()
     for epoch in range(8):
         dataset.set_epoch(epoch)
         item = dataset[0]
-        red = item["image"][0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
-        assert (red - item["depth"][0]).abs().max() < 2e-3, f"epoch {epoch}"
+        red = item["image"][0].float() / 255
+        assert (red - item["depth"][0].float()).abs().max() < 3e-3, f"epoch {epoch}"
         flips.add(bool(red[0, 0] > red[0, -1]))
     assert flips == {True, False}, "both flipped and unflipped crops were checked"
 

@@ -1,6 +1,7 @@
-"""benchmarks/gpu_check.sh, its helper benchmarks/gpu_check.py and benchmarks/build_gpu_wheels.sh,
-as far as a machine without a GPU can check them: argument parsing, dry runs, the specs, the
-peak-memory hook, the summary, and (slow) the whole pipeline on the CPU with a tiny model."""
+"""benchmarks/gpu_check.sh, its helpers benchmarks/gpu_check.py and benchmarks/gpu_phases.py, and
+benchmarks/build_gpu_wheels.sh, as far as a machine without a GPU can check them: argument
+parsing, dry runs, the specs, the phase records and the report, the peak-memory hook, and
+(slow) every phase on the CPU with a tiny model."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from tests.deploy.helpers import ROOT
 
 sys.path.insert(0, str(ROOT))
-from benchmarks import gpu_check  # noqa: E402
+from benchmarks import gpu_check, gpu_phases  # noqa: E402
 
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
 BUILD_WHEELS = ROOT / "benchmarks" / "build_gpu_wheels.sh"
@@ -60,12 +61,17 @@ def test_gpu_check_installs_nothing_from_the_network():
 
 
 def test_gpu_check_dry_run():
-    done = bash(GPU_CHECK, "--dry-run", "--python", sys.executable, "--results", "")
+    done = bash(GPU_CHECK, "--dry-run", "--python", sys.executable)
     assert done.returncode == 0, done.stderr
-    runs = re.findall(r"would run: .* -m sgmim\.cli train \S+/(simmim|sgmim)\.yaml --run-dir \S+ --nproc 1",
-                      done.stdout)
-    assert runs == ["simmim", "sgmim"]
-    assert "ZeRO-2 bf16, batch 128, 300 steps" in done.stdout
+    phases = re.findall(r"would run phase (\S+) \(at most \d+ s\): .* benchmarks/gpu_phases\.py (\S+)",
+                        done.stdout)
+    assert phases == [("loader", "loader"), ("h2d", "h2d"), ("step-eager", "step"),
+                      ("step-compiled", "step"), ("train-simmim", "train"), ("train-sgmim", "train"),
+                      ("service", "service")]
+    assert re.search(r"phase train-simmim .* --spec \S+/simmim\.yaml", done.stdout)
+    assert re.search(r"phase step-compiled .* step --compiled --backend inductor", done.stdout)
+    assert "batch 128, 120 steps" in done.stdout and "compile auto" in done.stdout
+    assert "budget 440 s" in done.stdout
 
 
 def test_gpu_check_arguments():
@@ -73,6 +79,11 @@ def test_gpu_check_arguments():
     assert bash(GPU_CHECK, "--nope").returncode == 2
     done = bash(GPU_CHECK, "--dry-run", "--steps", "40", "--python", sys.executable)
     assert done.returncode == 2 and "no metric window" in done.stderr
+    done = bash(GPU_CHECK, "--dry-run", "--phases", "loader,bogus", "--python", sys.executable)
+    assert done.returncode == 2 and "unknown phase bogus" in done.stderr
+    done = bash(GPU_CHECK, "--dry-run", "--phases", "step-eager,service", "--python", sys.executable)
+    assert done.returncode == 0
+    assert re.findall(r"would run phase (\S+)", done.stdout) == ["step-eager", "service"]
 
 
 @pytest.mark.parametrize("variant", ["sgmim", "simmim"])
@@ -80,13 +91,15 @@ def test_specs_are_the_papers_setting(variant):
     from sgmim.spec import parse_spec
 
     spec = gpu_check.make_spec(variant, steps=300, batch=128, workers=12, num_images=4096,
-                               log_every=20, compile_model=False)
+                               log_every=20)
     job = parse_spec(spec)
     cfg = job.config
     assert cfg.model.guidance.enabled is (variant == "sgmim")
     assert cfg.model.encoder.timm_name == "swin_base_patch4_window7_224"
     assert (cfg.model.encoder.img_size, cfg.model.encoder.window_size) == (192, 6)
-    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.precision, cfg.deepspeed.compile) == (2, "bf16", False)
+    ds = cfg.deepspeed
+    assert (ds.zero_stage, ds.precision, ds.compile) == ("auto", "bf16", "auto")
+    assert cfg.deepspeed.compile_scope == "blocks" and cfg.data.transfer == "auto"
     assert (cfg.schedule.batch_size, cfg.schedule.steps, cfg.schedule.epochs) == (128, 300, None)
     assert cfg.schedule.checkpoint_every is None
     assert cfg.data.source == "synthetic" and cfg.data.num_images == 4096
@@ -163,15 +176,70 @@ def test_peak_memory_hook(tmp_path):
     assert not list(report.glob("*"))
 
 
+def test_phase_records_and_report_with_an_unfinished_phase(tmp_path):
+    """Each phase leaves its JSON and row at once; the report joins what finished, names what
+    did not (a time-out), computes the ratios, and adds a dated block to RESULTS.md."""
+    phases = tmp_path / "phases"
+    gpu_phases.write_phase(phases, "step-eager", 1300.0, "ZeRO-0, bfloat16")
+    gpu_phases.write_phase(phases, "step-compiled", 3100.0, "ZeRO-0, first step 60 s")
+    gpu_phases.write_phase(phases, "train-simmim", 3000.0, "a")
+    gpu_phases.write_phase(phases, "train-sgmim", 2950.0, "b", compile="blocks")
+    assert json.loads((phases / "03-step-compiled.json").read_text())["images_per_s"] == 3100.0
+    assert (phases / "05-train-sgmim.md").read_text() == "| train-sgmim | 2,950 | b |\n"
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Trainer (CPU)\n\nkeep me\n")
+    for day in ("2026-11-30", "2026-12-01"):
+        gpu_phases.main(["report", "--out", str(phases), "--results", str(results), "--gpu", "NVIDIA H200",
+                         "--versions", "2.11.0 / 0.19.8", "--setting", "Swin-B/192", "--date", day])
+    report = (phases / "gpu_check.md").read_text()
+    assert "| service | n/a | not finished (time-out or earlier failure) |" in report
+    assert "| loader | n/a | not finished" in report
+    assert "SG-MIM / SimMIM through `sgmim train`: 0.983" in report
+    assert "fixed-batch step (same compile setting as the run): 0.952" in report
+    assert "service / `sgmim train`" not in report, "no ratio without the service figure"
+    gpu_phases.main(["report", "--out", str(phases), "--date", "2026-11-30", "--phases", "loader,h2d"])
+    assert "| service | n/a | skipped |" in (phases / "gpu_check.md").read_text()
+    text = results.read_text()
+    assert "keep me" in text and text.count("## GPU check") == 1
+    assert text.count("### 2026-11-30, NVIDIA H200") == 1 and text.count("### 2026-12-01, NVIDIA H200") == 1
+    assert text.index("### 2026-12-01") < text.index("### 2026-11-30"), "newest first"
+    assert text.count(gpu_phases.GPU_INTRO.splitlines()[0]) == 1
+
+
 @pytest.mark.slow
-def test_cpu_smoke_runs_the_whole_pipeline(tmp_path):
-    """Both runs through the real `sgmim train` (tiny model, CPU), the summary and the row."""
+def test_cpu_smoke_runs_every_phase(tmp_path):
+    """Every phase but the compiled step, through the real loader, DeepSpeed, `sgmim train` and
+    `sgmim serve --with-worker` (tiny model, CPU): the records, the report and the logs."""
     results, out = tmp_path / "RESULTS.md", tmp_path / "out"
     done = bash(GPU_CHECK, "--cpu-smoke", "--python", sys.executable, "--results", str(results),
-                "--out", str(out), timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "SG-MIM / SimMIM throughput:" in done.stdout
+                "--out", str(out), timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     summary = json.loads((out / "gpu_check.json").read_text())
-    assert set(summary["runs"]) == {"simmim", "sgmim"} and summary["ratio"] > 0
-    assert "| CPU smoke test" in results.read_text()
-    assert {"simmim.log", "sgmim.log", "RESULTS.md", "sgmim.metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    finished = summary["phases"]
+    assert set(finished) == {"loader", "h2d", "step-eager", "train-simmim", "train-sgmim", "service"}
+    assert all(record["images_per_s"] > 0 for record in finished.values()), finished
+    assert finished["train-sgmim"]["zero_stage"] == 0, "stage auto with one process"
+    assert finished["service"]["status"] == "succeeded"
+    assert "| step-compiled | n/a | skipped |" in (out / "gpu_check.md").read_text()
+    assert any(line.startswith("SG-MIM / SimMIM") for line in summary["ratios"])
+    assert "### " in results.read_text() and "CPU smoke test" in results.read_text()
+    assert {"run-sgmim.log", "run-service.log", "loader.log", "run-sgmim.metrics.jsonl"} <= \
+        {p.name for p in out.iterdir()}
+
+
+def test_trainer_figures_of_a_run_dir(tmp_path):
+    """What the train and service phases read from a run dir: steady img/s (total images over
+    total time), spread, peak memory and the stage and compile setting the run chose."""
+    lines = [{"step": s, "images_per_s": ips, "max_mem_gib": mem}
+             for s, ips, mem in [(20, 50.0, 18.0), (40, 1000.0, 19.5), (60, 500.0, 19.0)]]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{\"st")
+    (tmp_path / "run_info.json").write_text(json.dumps(
+        {"zero_stage": 0, "compile": "blocks", "precision": "bfloat16"}))
+    figures = gpu_phases.trainer_figures(tmp_path, warmup_steps=20)
+    assert figures["images_per_s"] == pytest.approx(2 / (1 / 1000 + 1 / 500))
+    assert [figures[k] for k in ("min", "max", "windows", "peak_gib")] == [500.0, 1000.0, 2, 19.5]
+    assert gpu_phases.describe(figures, 61.0) == \
+        "ZeRO-0, bfloat16, compile blocks; 2 windows 500-1,000; peak 19.5 GiB; 61 s in all"
+    ips = figures.pop("images_per_s")
+    record = gpu_phases.write_phase(tmp_path / "phases", "train-sgmim", ips, "d", **figures)
+    assert record["zero_stage"] == 0 and record["images_per_s"] == ips

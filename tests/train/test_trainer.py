@@ -83,7 +83,8 @@ def test_metrics_jsonl_fields_and_export(tmp_path):
         assert all(isinstance(m[k], int | float) for k in STEP_FIELDS)
     epochs = [m for m in lines if "epoch_time" in m]
     assert [m["step"] for m in epochs] == [2, 4, 6] and all(m["epoch_time"] > 0 for m in epochs)
-    assert json.loads((run_dir / "ds_config.json").read_text())["zero_optimization"]["stage"] == 2
+    assert json.loads((run_dir / "ds_config.json").read_text())["zero_optimization"]["stage"] == 0, \
+        "zero_stage auto: nothing to shard with one process"
     assert "train.log" in os.listdir(run_dir) and "step 6/6" in (run_dir / "train.log").read_text()
 
     path = run_dir / "export" / "encoder.safetensors"
@@ -251,9 +252,12 @@ def test_param_groups_exempt_norms_biases_and_tokens():
 def test_resume_on_another_process_count_converts_to_universal(tmp_path):
     schedule = {"steps": 4, "epochs": None, "log_every": 1, "checkpoint_every": 4}
     run_dir = tmp_path / "run"
-    code, out = train(tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128}), run_dir)
+    zero2 = {"zero_stage": 2}
+    code, out = train(tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128},
+                                deepspeed=zero2), run_dir)
     assert code == 0, out
-    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128})
+    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128},
+                       deepspeed=zero2)
     code, out = train(longer, run_dir, nproc=2)
     assert code == 0, out
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -261,3 +265,45 @@ def test_resume_on_another_process_count_converts_to_universal(tmp_path):
     assert (run_dir / "checkpoints" / "global_step4_universal").is_dir()
     assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
     assert "universal checkpoint" in (run_dir / "train.log").read_text()
+
+
+def test_zero_stage_auto_and_resume_across_process_counts_and_stages(tmp_path):
+    """auto: one process trains ZeRO-0; its checkpoint resumes on two processes (the stage is
+    kept, so the optimiser state loads); a spec that asks for a stage that cannot load it is a
+    clear error, not an optimiser silently started afresh."""
+    schedule = {"steps": 4, "epochs": None, "log_every": 1, "checkpoint_every": 4}
+    run_dir = tmp_path / "run"
+    code, out = train(tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128}), run_dir)
+    assert code == 0, out
+    assert json.loads((run_dir / "run_info.json").read_text())["zero_stage"] == 0
+    assert json.loads((run_dir / "checkpoints/global_step4/sgmim_zero.json").read_text()) == {"zero_stage": 0}
+
+    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128})
+    code, out = train(longer, run_dir, nproc=2)
+    assert code == 0, out
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["start_step"], info["world_size"], info["zero_stage"]) == (4, 2, 0)
+    assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
+    assert "keeping it" in (run_dir / "train.log").read_text()
+
+    zero2 = tiny_spec(tmp_path, "c.yaml", schedule={**schedule, "steps": 8}, data={"num_images": 128},
+                      deepspeed={"zero_stage": 2})
+    code, out = train(zero2, run_dir, nproc=2)
+    assert code != 0, out
+    errors = [line for line in (run_dir / "train.log").read_text().splitlines() if " ERROR " in line]
+    assert errors and all("written with ZeRO stage 0; this spec asks for stage 2" in e and
+                          "set deepspeed.zero_stage to 0 or auto" in e for e in errors), errors
+
+    # and back: two processes choose ZeRO-2; one process resumes it through the universal
+    # checkpoint and keeps stage 2 (stage 0 could not take ZeRO's partitioned optimiser state)
+    other = tmp_path / "run2"
+    code, out = train(tiny_spec(tmp_path, "d.yaml", schedule=schedule, data={"num_images": 128}), other,
+                      nproc=2)
+    assert code == 0, out
+    assert json.loads((other / "run_info.json").read_text())["zero_stage"] == 2
+    code, out = train(longer, other)
+    assert code == 0, out
+    info = json.loads((other / "run_info.json").read_text())
+    assert (info["start_step"], info["world_size"], info["zero_stage"]) == (4, 1, 2)
+    assert (other / "checkpoints" / "global_step4_universal").is_dir()
+    assert [m["step"] for m in metric_lines(other) if "loss" in m][-2:] == [5, 6]
