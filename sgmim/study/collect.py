@@ -1,5 +1,5 @@
 """Fetch the finished cells' evaluations and pretraining curves and write the study's results:
-`results.md`, `results.csv`, `results.json`, `results.png` and `cells/<cell>/eval.json`."""
+`results.{md,csv,json,png}` and `cells/<cell>/eval.json`."""
 
 from __future__ import annotations
 
