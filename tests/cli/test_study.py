@@ -53,6 +53,7 @@ def status_report(study, out, env):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 14 jobs: about 6 minutes on 2 idle cores, far more on a loaded box
 def test_study_runs_retries_and_tabulates(server, tmp_path):
     from sgmim.data.synthetic.export import write_synthetic_dataset
 
