@@ -103,7 +103,7 @@ class StudyRunner:
             record = jobs.get(stage)
             if record is None or record["key"] != key:
                 for later in STAGES[index:]:  # the spec changed: this stage and its children anew
-                    jobs.pop(later, None)
+                    self.cancel_outdated(cell, later, jobs.pop(later, None))
                 response = self.api.request("POST", "/jobs", json=body, headers={"Idempotency-Key": key})
                 job = response.json()
                 record = jobs[stage] = {"id": job["id"], "key": key, "status": job["status"]}
@@ -122,6 +122,16 @@ class StudyRunner:
                 return CellProgress(stage, record["status"], record["id"])
             parent = record["id"]
         return CellProgress(STAGES[-1], JobStatus.SUCCEEDED, parent)
+
+    def cancel_outdated(self, cell: Cell, stage: str, record: dict | None) -> None:
+        """A job of an earlier version of the study that has not ended yet is cancelled, so it
+        does not take a worker for a result nobody reads."""
+        if record is None or record["status"] in (*STOPPED, JobStatus.SUCCEEDED):
+            return
+        job = self.api.get(f"/jobs/{record['id']}")
+        if job["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
+            self.api.post(f"/jobs/{record['id']}/cancel")
+            self.echo(f"{cell.id}: {stage} job {record['id']} cancelled (the study's spec changed)")
 
     def run(self, cells: Iterable[Cell] | None = None, poll_s: float = 2.0) -> dict[str, CellProgress]:
         """Advance the cells until each is done or stopped (failed / cancelled)."""
