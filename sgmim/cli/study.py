@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -53,7 +55,7 @@ def run(
     study, cells, runner = open_study(ctx, path, out)
     console.print(f"study {study.name}: {len(study.rows())} rows × {len(study.seeds)} seeds = "
                   f"{len(cells)} cells; state and results in {runner.out}")
-    with api_errors(runner.api.url):
+    with api_errors(runner.api.url), stop_waiting(path, runner):
         progress = runner.run(poll_s=poll)
     console.print(f"{runner.created} new job(s) submitted by this run")
     finish(study, cells, runner, progress, path)
@@ -79,9 +81,21 @@ def retry(
         resumed = runner.resume_stopped(chosen)
         if not resumed:
             console.print("no failed or cancelled cell to retry")
-        runner.run(resumed, poll_s=poll)
+        with stop_waiting(path, runner):
+            runner.run(resumed, poll_s=poll)
         progress = {cell.id: runner.peek(cell) for cell in cells}
     finish(study, cells, runner, progress, path)
+
+
+@contextmanager
+def stop_waiting(path: Path, runner) -> Iterator[None]:
+    """Ctrl-C stops the waiting, not the jobs: the next run carries on where this one stopped."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"stopped waiting; the submitted jobs go on. Continue with: sgmim study run {path} "
+                      f"--out {runner.out}")
+        raise typer.Exit(130) from None
 
 
 def finish(study, cells, runner, progress, path: Path) -> None:

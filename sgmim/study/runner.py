@@ -81,6 +81,9 @@ class StudyRunner:
 
     def check_server(self) -> str | None:
         """Why this state file cannot be used with this server (None when it can)."""
+        if self.state.data.get("study") != self.study:
+            return (f"{self.state.path} belongs to study {self.state.data.get('study')!r}, not "
+                    f"{self.study!r}; give another --out")
         recorded = self.state.data.get("url")
         if recorded != self.api.url and any(c["jobs"] for c in self.state.data["cells"].values()):
             return (f"{self.state.path} records jobs on {recorded}; connect there (--url {recorded}) "
