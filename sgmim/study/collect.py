@@ -48,7 +48,7 @@ def write_results(api: Api, study: StudySpec, cells: list[Cell], progress: dict[
     baseline = study.baseline_label()
     tables = results.tabulate(rows, baseline, study.metrics, evaluations)
     text = results.markdown(study.name, baseline, tables)
-    files = [out / "results.md", out / "results.csv", out / "results.json", out / "results.png"]
+    files = [out / f"results.{suffix}" for suffix in ("md", "csv", "json", "png")]
     files[0].write_text(text)
     files[1].write_text(results.to_csv(tables))
     files[2].write_text(results.to_json(study.name, baseline, tables, cell_records))
