@@ -18,7 +18,6 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sgmim.spec.base import StrictModel
@@ -187,7 +186,3 @@ def _base_job(ref: str | JobFile | dict[str, Any], folder: Path, stage: str) -> 
     if data.get("kind") != stage:
         raise SpecError([(stage, f"the base {stage} job must have kind: {stage}, not {data.get('kind')!r}")])
     return data
-
-
-def dump_study(study: StudySpec) -> str:
-    return yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False)
