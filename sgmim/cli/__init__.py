@@ -11,6 +11,7 @@ from sgmim.cli.analyze import analyze_app
 from sgmim.cli.data import data_app
 from sgmim.cli.plot import plot
 from sgmim.cli.services import serve, worker
+from sgmim.cli.study import study_app
 from sgmim.cli.train import train
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.command()(plot)
 app.command()(train)
 app.add_typer(data_app, name="data")
 app.add_typer(analyze_app, name="analyze")
+app.add_typer(study_app, name="study")
 
 
 @app.command()

@@ -1,13 +1,15 @@
 """`sgmim demo`: the whole story on the embedded defaults, in a few minutes on 2 CPU cores.
 
 Starts the API and a worker (SQLite, filesystem broker), renders a small synthetic RGB-D set,
-pretrains SG-MIM and SimMIM, fine-tunes each for depth from its parent, evaluates both, prints
-the comparison and writes the loss curves, then stops what it started (with --keep-serving it
-keeps the API, its web dashboard and the worker up until Ctrl-C, to look at the runs).
+pretrains SG-MIM and SimMIM, fine-tunes each for depth from its parent, evaluates both (a study of
+two rows and one seed, run by the study runner), prints the comparison and writes the loss curves,
+then stops what it started (with --keep-serving it keeps the API, its web dashboard and the worker
+up until Ctrl-C, to look at the runs).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -22,7 +24,6 @@ from rich.console import Console
 from rich.table import Table
 
 from sgmim.cli.client import Api, fail
-from sgmim.cli.jobs import follow
 from sgmim.cli.plot import fetch_series, render
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs"
@@ -95,22 +96,6 @@ def render_data(data_dir: Path, size: DemoSize) -> None:
     console.print(f"synthetic RGB-D scenes in {data_dir} (images/, depth/, gt_depth/, labels/)")
 
 
-def submit(api: Api, example: str, overrides: list[str], parent: str | None = None) -> dict:
-    from sgmim.spec import apply_overrides, read_spec_data
-
-    body = apply_overrides(read_spec_data(EXAMPLES / example), overrides)
-    if parent:
-        body["parent"] = {"job_id": parent}
-    job = api.post("/jobs", body)
-    console.print(f"submitted {job['kind']} job [bold]{job['id']}[/bold] {job['name']!r}")
-    return job
-
-
-def run_to_end(api: Api, job: dict) -> None:
-    if follow(api, job["id"]) != 0:
-        fail(f"job {job['id']} ({job['name']}) did not succeed; see `sgmim logs {job['id']}`")
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -151,36 +136,52 @@ def run_demo(size_name: str, workdir: Path | None, keep_serving: bool = False) -
         stop_services(services)
 
 
-def run_jobs(api: Api, data_dir: Path, size: DemoSize, workdir: Path) -> dict:
-    data = ["config.data.source=image_folder", f"config.data.root={data_dir / 'train'}",
-            f"config.data.num_images={size.train_images}",
-            f"config.schedule.epochs={size.pretrain_epochs}",
-            "config.schedule.checkpoint_every=null"]
-    methods = {"SG-MIM": submit(api, "pretrain-tiny.yaml", [*data, "name=demo-sgmim"]),
-               "SimMIM": submit(api, "pretrain-tiny-simmim.yaml", [*data, "name=demo-simmim"])}
-    for job in methods.values():
-        run_to_end(api, job)
-    downstream = ["config.data.dataset=folder", f"config.data.root={data_dir}",
-                  "config.data.train_split=train", "config.data.val_split=val"]
-    finetunes = {}
-    for method, job in methods.items():
-        finetunes[method] = submit(api, "finetune-depth-tiny.yaml",
-                                   [*downstream, f"config.schedule.epochs={size.finetune_epochs}",
-                                    f"name=demo-{method.lower()}-depth"], parent=job["id"])
-    for job in finetunes.values():
-        run_to_end(api, job)
+def demo_study(data_dir: Path, size: DemoSize):
+    """SG-MIM vs SimMIM, one seed: the tiny example jobs on the rendered folders."""
+    from sgmim.spec import apply_overrides, read_spec_data
+    from sgmim.spec.study import StudySpec, Variant
+
+    pretrain = ["config.data.source=image_folder", f"config.data.root={data_dir / 'train'}",
+                f"config.data.num_images={size.train_images}",
+                f"config.schedule.epochs={size.pretrain_epochs}", "config.schedule.checkpoint_every=null"]
+    finetune = ["config.data.dataset=folder", f"config.data.root={data_dir}",
+                "config.data.train_split=train", "config.data.val_split=val",
+                f"config.schedule.epochs={size.finetune_epochs}"]
     # an evaluate job reads the fine-tuning job's data section from the model it evaluates
-    evaluations = {method: submit(api, "evaluate-depth-tiny.yaml",
-                                  ["config.split=val", f"name=demo-{method.lower()}-eval"],
-                                  parent=job["id"]) for method, job in finetunes.items()}
-    for job in evaluations.values():
-        run_to_end(api, job)
-    results = {method: api.get(f"/jobs/{job['id']}/evaluation") for method, job in evaluations.items()}
-    curves = {f"{m} ({j['id']})": fetch_series(api, j["id"], ["loss_img", "loss_struct", "lr"])
-              for m, j in methods.items()}
+    bases = {"pretrain": apply_overrides(read_spec_data(EXAMPLES / "pretrain-tiny.yaml"), pretrain),
+             "finetune": apply_overrides(read_spec_data(EXAMPLES / "finetune-depth-tiny.yaml"), finetune),
+             "evaluate": apply_overrides(read_spec_data(EXAMPLES / "evaluate-depth-tiny.yaml"),
+                                         ["config.split=val"])}
+    study = StudySpec(name="demo", **bases, seeds=[0], baseline="SimMIM",
+                      variants=[Variant(name="SG-MIM", set={"method": "sgmim"}),
+                                Variant(name="SimMIM", set={"method": "simmim"})])
+    return study, bases
+
+
+def run_jobs(api: Api, data_dir: Path, size: DemoSize, workdir: Path) -> dict:
+    """The comparison as a study: pretrain → fine-tune → evaluate per method, through the API."""
+    from sgmim.study.collect import write_results
+    from sgmim.study.grid import expand
+    from sgmim.study.runner import StudyRunner
+
+    study, bases = demo_study(data_dir, size)
+    cells = expand(study, bases)
+    runner = StudyRunner(api, study.name, cells, workdir / "study", echo=console.print)
+    progress = runner.run(poll_s=1.0)
+    for cell_id, where in progress.items():
+        if where.stopped:
+            fail(f"{cell_id}: {where.stage} job {where.job_id} {where.status}; "
+                 f"see `sgmim logs {where.job_id}`")
+    jobs = {cell_id: record["jobs"] for cell_id, record in runner.state.data["cells"].items()}
+    write_results(api, study, cells, progress, jobs, runner.out)
+    metrics, pretrains = {}, {}
+    for cell in cells:
+        metrics[cell.row] = json.loads((runner.out / "cells" / cell.id / "eval.json").read_text())
+        pretrains[cell.row] = jobs[cell.id]["pretrain"]["id"]
+    curves = {f"{m} ({job_id})": fetch_series(api, job_id, ["loss_img", "loss_struct", "lr"])
+              for m, job_id in pretrains.items()}
     render(curves, workdir / "pretrain-losses.png")
-    return {"metrics": results, "jobs": {"pretrain": methods, "finetune": finetunes,
-                                         "evaluate": evaluations}}
+    return {"metrics": metrics, "pretrain": pretrains, "study": runner.out}
 
 
 def print_summary(results: dict, url: str, workdir: Path, keep_serving: bool = False) -> None:
@@ -189,10 +190,11 @@ def print_summary(results: dict, url: str, workdir: Path, keep_serving: bool = F
         table.add_column(column)
     for method, evaluation in results["metrics"].items():
         m = evaluation["metrics"]
-        table.add_row(method, results["jobs"]["pretrain"][method]["id"], _fmt(m.get("rmse")),
+        table.add_row(method, results["pretrain"][method], _fmt(m.get("rmse")),
                       _fmt(m.get("abs_rel")), _fmt(m.get("delta1")), str(evaluation.get("num_images")))
     console.print(table)
     console.print(f"loss curves: {workdir / 'pretrain-losses.png'}")
+    console.print(f"study results (tables, state): {results['study']}")
     console.print(f"artifacts (run dirs, database, logs): {workdir / 'state'}")
     if not keep_serving:
         console.print(f"the API and its dashboard ran at {url}/ (stopped now); to look at these runs, "

@@ -1,0 +1,149 @@
+"""`sgmim study`: a 2 methods × 2 seeds grid end to end through `sgmim serve --with-worker`.
+
+The SimMIM row pretrains from an image folder that does not exist yet, so both of its cells fail
+at their first job; the folder is then rendered and one cell is retried alone, then the other.
+The table must equal a hand computation from the cells' eval.json in the run directories, and
+running the study again must submit nothing.
+"""
+
+import json
+import math
+import statistics
+
+import httpx
+import pytest
+import yaml
+
+from tests.cli.conftest import ROOT, clean_env, cli
+
+EXAMPLES = ROOT / "examples" / "jobs"
+TINY_SCHEDULE = {"batch_size": 8, "steps": 2, "log_every": 1}
+
+
+def write_study(folder, pretrain_data):
+    study = {
+        "name": "tiny-methods",
+        "pretrain": {"file": str(EXAMPLES / "pretrain-tiny.yaml"),
+                     "set": {"config.data.num_images": 16, "config.optim.warmup_epochs": 0,
+                             "config.schedule": TINY_SCHEDULE}},
+        "finetune": {"file": str(EXAMPLES / "finetune-depth-tiny.yaml"),
+                     "set": {"config.data.num_images": 16, "config.optim.warmup_epochs": 0,
+                             "config.schedule": TINY_SCHEDULE, "config.eval_at_start": False}},
+        "evaluate": {"file": str(EXAMPLES / "evaluate-depth-tiny.yaml")},
+        "variants": [
+            {"name": "simmim", "set": {"method": "simmim", "pretrain.config.data.source": "image_folder",
+                                       "pretrain.config.data.root": str(pretrain_data)}},
+            {"name": "sgmim", "set": {"method": "sgmim"}},
+        ],
+        "seeds": [0, 1],
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def job_ids(url):
+    return {j["id"] for j in httpx.get(f"{url}/api/v1/jobs", params={"limit": 200}).json()["items"]}
+
+
+def status_report(study, out, env):
+    done = cli("study", "status", str(study), "--out", str(out), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # 14 jobs: about 6 minutes on 2 idle cores, far more on a loaded box
+def test_study_runs_retries_and_tabulates(server, tmp_path):
+    from sgmim.data.synthetic.export import write_synthetic_dataset
+
+    env, url = server["env"], server["url"]
+    pretrain_data = tmp_path / "pretrain-data"
+    study, out = write_study(tmp_path, pretrain_data), tmp_path / "out"
+    before = job_ids(url)
+
+    first = cli("study", "run", str(study), "--out", str(out), "--poll", "0.5", env=env, timeout=900)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "cell simmim-s0: pretrain job" in first.stdout and "cell simmim-s1: pretrain job" in first.stdout
+    assert "sgmim study retry" in first.stdout
+    assert len(job_ids(url) - before) == 2 + 2 * 3  # two failed pretrains, two whole chains
+    report = status_report(study, out, env)
+    assert report["simmim-s0"]["stages"]["pretrain"]["status"] == "failed"
+    assert report["simmim-s0"]["stages"]["finetune"]["status"] == "pending"
+    assert report["sgmim-s1"]["stages"]["evaluate"]["status"] == "succeeded"
+
+    # the data arrives; one failed cell is retried alone
+    write_synthetic_dataset(pretrain_data, 16, (64, 64), "train")
+    made = job_ids(url)
+    alone = cli("study", "retry", str(study), "--out", str(out), "--cell", "simmim-s0", "--poll", "0.5",
+                env=env, timeout=900)
+    assert alone.returncode == 1, alone.stdout[-3000:] + alone.stderr[-3000:]  # simmim-s1 still failed
+    report = status_report(study, out, env)
+    assert report["simmim-s0"]["stages"]["evaluate"]["status"] == "succeeded"
+    assert report["simmim-s1"]["stages"]["pretrain"]["status"] == "failed"
+    assert len(job_ids(url) - made) == 2  # its fine-tuning and evaluation; its pretraining resumed
+
+    rest = cli("study", "retry", str(study), "--out", str(out), "--poll", "0.5", env=env, timeout=900)
+    assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
+    finished = job_ids(url)
+    assert len(finished - before) == 2 + 2 * 2 + 2 * 3
+
+    # running the study again submits nothing, with and without the state file
+    again = cli("study", "run", str(study), "--out", str(out), env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "0 new job(s) submitted" in again.stdout
+    (out / "study-state.json").unlink()
+    replay = cli("study", "run", str(study), "--out", str(out), env=env, timeout=300)
+    assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
+    assert "0 new job(s) submitted" in replay.stdout and "(submitted before)" in replay.stdout
+    assert job_ids(url) == finished
+
+    # the table equals a hand computation from the eval.json of each cell's evaluation job
+    report = status_report(study, out, env)
+    artifacts = server["state"] / "artifacts" / "jobs"
+    results = json.loads((out / "results.json").read_text())
+    assert results["baseline"] == "simmim"
+    for metric in ("rmse", "abs_rel", "delta1"):
+        by_row = {}
+        for cell in report.values():
+            evaluation = json.loads((artifacts / cell["stages"]["evaluate"]["id"] / "eval.json").read_text())
+            by_row.setdefault(cell["row"], {})[cell["seed"]] = evaluation["metrics"][metric]
+        rows = {r["row"]: r for r in results["metrics"][metric]}
+        for row, values in by_row.items():
+            xs = [values[0], values[1]]
+            assert rows[row]["n"] == 2
+            assert math.isclose(rows[row]["mean"], statistics.mean(xs), rel_tol=1e-12)
+            assert math.isclose(rows[row]["std"], statistics.stdev(xs), rel_tol=1e-9, abs_tol=1e-15)
+        diffs = [by_row["sgmim"][s] - by_row["simmim"][s] for s in (0, 1)]
+        assert math.isclose(rows["sgmim"]["diff"], statistics.mean(diffs), rel_tol=1e-9, abs_tol=1e-15)
+        half = 12.706204736174698 * statistics.stdev(diffs) / math.sqrt(2)  # t(0.975, 1 dof)
+        assert math.isclose(rows["sgmim"]["ci_high"] - rows["sgmim"]["diff"], half, rel_tol=1e-6,
+                            abs_tol=1e-12)
+    markdown = (out / "results.md").read_text()
+    assert "## delta1" in markdown and "| sgmim |" in markdown
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("metric,row,n,mean,std") and len(csv_lines) == 1 + 3 * 2
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_rejects_bad_input(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "pretrain": str(EXAMPLES / "pretrain-tiny.yaml"),
+                                   "finetune": str(EXAMPLES / "finetune-depth-tiny.yaml"),
+                                   "evaluate": str(EXAMPLES / "evaluate-depth-tiny.yaml"),
+                                   "axes": {"method": ["simmim", "mae"]}}))
+    done = cli("study", "run", str(bad), "--out", str(tmp_path / "out"), env=clean_env())
+    assert done.returncode == 2
+    assert "axes" in done.stderr and "'mae' is not one of simmim, sgmim" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_expand(path):
+    from sgmim.spec.study import load_study
+    from sgmim.study.grid import expand
+
+    study, bases = load_study(path)
+    cells = expand(study, bases)
+    assert len(cells) == len(study.rows()) * len(study.seeds) >= 2
+    assert study.baseline_label() in {cell.row for cell in cells}
