@@ -40,10 +40,10 @@ def _missing(job_id: str, name: str) -> JSONResponse:
     return JSONResponse({"detail": f"job {job_id} has no checkpoint named {name[:64]!r}"}, status_code=404)
 
 
-@router.api_route(
+@router.head("/{job_id}/checkpoints/{name}", include_in_schema=False)  # size and name, no body
+@router.get(
     "/{job_id}/checkpoints/{name}",
-    methods=["GET", "HEAD"],
-    summary="Download a checkpoint (HEAD: its headers, size and name, without the body)",
+    summary="Download a checkpoint (HEAD: the same headers, without the body)",
     response_class=Response,
     responses={
         200: {

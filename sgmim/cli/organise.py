@@ -8,7 +8,7 @@ import re
 import typer
 from rich.table import Table
 
-from sgmim.cli.client import api_errors, fail
+from sgmim.cli.client import Api, ApiError, api_errors, fail
 from sgmim.cli.jobs import connect, console, size_text
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
@@ -120,8 +120,8 @@ def compare(ctx: typer.Context, job_ids: list[str] = typer.Argument(..., help="t
             job = api.get(f"/jobs/{job_id}")
             try:
                 evaluation = api.get(f"/jobs/{job_id}/evaluation")
-            except Exception as exc:  # noqa: BLE001 - a job without results gets an empty column
-                if getattr(exc, "status", None) != 404:
+            except ApiError as exc:  # a job without results gets a column of "-"
+                if exc.status != 404:
                     raise
                 evaluation = {}
             results[job_id] = (job, evaluation)
@@ -144,7 +144,7 @@ def compare(ctx: typer.Context, job_ids: list[str] = typer.Argument(..., help="t
         fail("none of these jobs has evaluation results yet", code=2)
 
 
-def lineage(api, job: dict) -> list[str]:
+def lineage(api: Api, job: dict) -> list[str]:
     """The ancestors of a job, oldest first, by parent_id."""
     chain, parent = [], job.get("parent_id")
     while parent and len(chain) < 10:

@@ -36,10 +36,12 @@ def start_server(state: Path, *extra: str, **settings: str):
     proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(port), *extra],
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    tokens = settings.get("SGMIM_API_TOKENS", "").split(",")
+    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens[0] else {}
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", headers=headers, timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
