@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.db.base import finite_or_none
+from service.db.base import clean_text, finite_or_none
 from service.db.models import Checkpoint, Job, LogLine
 from service.db.organise import unpack_tags
 from sgmim.spec.job import TAG_PATTERN
@@ -138,9 +138,17 @@ class JobPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     add_tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(default_factory=list, max_length=32)
-    remove_tags: list[str] = Field(default_factory=list, max_length=32)
+    remove_tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(default_factory=list, max_length=32)
     note: str | None = Field(None, max_length=4096, description="replaces the note; '' clears it")
     archived: bool | None = None
+
+    @field_validator("note")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """Text Postgres can store: no NUL, valid UTF-8."""
+        if value is not None and ("\x00" in value or clean_text(value) != value):
+            raise ValueError("the note contains a NUL character or invalid Unicode")
+        return value
 
 
 class DeleteOut(BaseModel):

@@ -20,7 +20,16 @@ from service.db.repo import JobRepo, SubmitResult
 from service.deps import BrokerDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
-from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, check_strings, decode_body
+from service.routes.common import (
+    AUTH,
+    CONFLICT,
+    INVALID,
+    NOT_FOUND,
+    JobIdDep,
+    check_strings,
+    decode_body,
+    safe_text,
+)
 from service.schemas import (
     ConflictOut,
     DeleteOut,
@@ -33,6 +42,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
+from sgmim.spec.job import TAG_PATTERN
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
@@ -42,6 +52,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH)
 JobSummaryT = TypeVar("JobSummaryT", bound=JobSummary)
 
 _CURSOR_ID = re.compile(r"[0-9a-z]{1,32}")
+_TAG = re.compile(TAG_PATTERN)
 
 
 def encode_cursor(job_id: str) -> str:
@@ -140,8 +151,7 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     before = decode_cursor(cursor) if cursor else None
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=dt.UTC)
+    since = _check_filters(tag or [], q, since)
     jobs = repo.list(status=status, kind=kind, limit=limit + 1, before_id=before, tags=tag or (),
                      search=q, since=since, archived=archived)
     more = len(jobs) > limit
@@ -150,6 +160,21 @@ def list_jobs(
         items=[with_disk_use(JobSummary.from_row(j), settings) for j in jobs],
         next_cursor=encode_cursor(jobs[-1].id) if more and jobs else None,
     )
+
+
+def _check_filters(tags: list[str], q: str | None, since: dt.datetime | None) -> dt.datetime | None:
+    """422 for a tag no job can carry or a search Postgres cannot compare (NUL); `since` in UTC."""
+    errors = [(f"tag.{i}", "not a valid tag") for i, t in enumerate(tags) if not _TAG.fullmatch(t)]
+    if q is not None and not safe_text(q, 128):
+        errors.append(("q", "invalid text"))
+    if since is not None:
+        try:
+            since = (since if since.tzinfo else since.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        except OverflowError:
+            errors.append(("since", "date out of range"))
+    if errors:
+        raise SpecValidationError(errors, "value_error", where="query")
+    return since
 
 
 def with_disk_use(job: JobSummaryT, settings: Settings) -> JobSummaryT:
