@@ -28,9 +28,9 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_server(state: Path, *extra: str, **settings: str):
-    """`sgmim serve` on a free port over the data directory `state`: (process, url)."""
-    port = free_port()
+def start_server(state: Path, *extra: str, port: int | None = None, **settings: str):
+    """`sgmim serve` on `port` (default: a free one) over the data directory `state`: (process, url)."""
+    port = port or free_port()
     env = clean_env(SGMIM_DATA_DIR=str(state), **settings)
     log = (state / "server.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(port), *extra],

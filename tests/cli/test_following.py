@@ -5,19 +5,20 @@ The API and the worker run as separate processes on one data directory (as in de
 the API can be stopped and started again on the same port while the worker trains."""
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from sgmim.cli.client import LOST_CONTACT_EXIT
 from sgmim.train.launch import free_port
-from tests.cli.conftest import ROOT, clean_env, cli
+from tests.cli.conftest import ROOT, clean_env, cli, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 TINY = str(ROOT / "examples" / "jobs" / "pretrain-tiny.yaml")
@@ -30,42 +31,25 @@ def steps(n: int) -> list[str]:
             "--set", "config.schedule.log_every=1", "--set", "config.schedule.batch_size=8"]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 class Stack:
+    """An API that can be stopped and started again on its port, and a worker beside it. The API
+    also has a global webhook and a retention policy of one DeepSpeed tag per ended job."""
+
     def __init__(self, state):
         self.state, self.port = state, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server_env = clean_env(SGMIM_DATA_DIR=str(state))
+        self.hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        self.settings = {"SGMIM_KEEP_CHECKPOINTS": "1", "SGMIM_NOTIFY_INTERVAL_S": "0.5",
+                         "SGMIM_WEBHOOK_URL": f"http://127.0.0.1:{self.hook.server_address[1]}/all"}
+        self.server_env = clean_env(SGMIM_DATA_DIR=str(state), **self.settings)
         self.env = clean_env(SGMIM_URL=self.url, XDG_CONFIG_HOME=str(state / "config"))
         self.api: subprocess.Popen | None = None
 
     def start_api(self) -> None:
-        log = (self.state / "api.log").open("ab")
-        self.api = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(self.port)],
-                                    env=self.server_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.api.poll() is None and time.monotonic() < deadline, \
-                (self.state / "api.log").read_text()[-3000:]
-            time.sleep(0.3)
+        self.api, _ = start_server(self.state, port=self.port, **self.settings)
 
     def stop_api(self) -> None:
-        _stop(self.api)
+        stop_server(self.api)
 
     def job(self, job_id: str) -> dict:
         return httpx.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
@@ -78,17 +62,31 @@ class Stack:
         return job
 
 
+class Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("split")
     s = Stack(state)
+    threading.Thread(target=s.hook.serve_forever, daemon=True).start()
     s.start_api()
     worker = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "worker"], env=s.server_env, cwd=ROOT,
                               stdout=(state / "worker.log").open("wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     yield s
-    _stop(worker)
+    stop_server(worker)
     s.stop_api()
+    s.hook.shutdown()
 
 
 def submit(stack: Stack, *args: str) -> str:
@@ -121,6 +119,21 @@ def test_watch_and_logs_follow_through_an_api_restart(stack):
     served = [x["line"] for x in httpx.get(f"{stack.url}/api/v1/jobs/{job_id}/logs",
                                              params={"tail": 10000}).json()["lines"]]
     assert lines == served
+
+
+def test_retention_and_the_global_webhook_on_an_ended_job(stack):
+    job_id = submit(stack, *steps(4), "--set", "config.schedule.checkpoint_every=2")
+    stack.wait_for(job_id, lambda j: j["status"] == "succeeded")
+    run_dir = stack.state / "artifacts" / "jobs" / job_id / "checkpoints"
+    deadline = time.monotonic() + 30
+    while (run_dir / "global_step2").exists() or job_id not in [e["job_id"] for e in Hook.received]:
+        assert time.monotonic() < deadline, (sorted(p.name for p in run_dir.iterdir()), Hook.received)
+        time.sleep(0.3)
+    assert (run_dir / "global_step4").is_dir()
+    listing = cli("checkpoints", job_id, env=stack.env).stdout
+    assert "global_step2" not in listing and "global_step4" in listing and "encoder" in listing
+    event = next(e for e in Hook.received if e["job_id"] == job_id)
+    assert event["status"] == "succeeded" and event["event"] == "job.finished"
 
 
 def test_lost_contact_has_its_own_exit_code(stack):
