@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,27 +178,25 @@ class Api:
         """SSE events of a job as (type, data); ends after the final status event. A cut stream or
         an unreachable server is retried (see `retrying`), resuming after the last event id seen,
         so no event is lost or repeated across an API restart."""
-        state = {"after": after}
 
-        def read_stream() -> Iterator[tuple[str, dict]]:
-            headers = {"Last-Event-ID": str(state["after"])} if state["after"] else {}
-            response_cm = self.stream(f"/jobs/{job_id}/events", headers=headers, timeout=60)
-            response = response_cm.__enter__()
-            return response_cm, response
+        def open_stream() -> tuple[ExitStack, httpx.Response]:
+            stack = ExitStack()
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            response = stack.enter_context(self.stream(f"/jobs/{job_id}/events", headers=headers, timeout=60))
+            return stack, response
 
         while True:
-            response_cm, response = self.retrying(read_stream)
-            try:
-                for kind, data, event_id in parse_sse(response.iter_lines()):
-                    if event_id is not None:
-                        state["after"] = event_id
-                    yield kind, data
-                    if kind == "status" and data.get("final"):
-                        return
-            except TRANSIENT:
-                continue  # reconnect (retrying reports a lasting outage)
-            finally:
-                response_cm.__exit__(None, None, None)
+            stack, response = self.retrying(open_stream)
+            with stack:
+                try:
+                    for kind, data, event_id in parse_sse(response.iter_lines()):
+                        if event_id is not None:
+                            after = event_id
+                        yield kind, data
+                        if kind == "status" and data.get("final"):
+                            return
+                except TRANSIENT:
+                    continue  # reconnect (retrying reports a lasting outage)
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict, int | None]]:

@@ -4,6 +4,10 @@ import hashlib
 import hmac
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +109,19 @@ def test_download_names_the_file_as_the_server_does(server, finished_job, tmp_pa
     tar_head = httpx.head(f"{url}/global_step6")
     assert tar_head.status_code == 200 and int(tar_head.headers["content-length"]) > 0
     assert httpx.head(f"{url}/nosuch").status_code == 404
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` for a terminal")
+def test_download_draws_a_progress_bar_on_a_terminal_only(server, finished_job, tmp_path):
+    command = shlex.join([sys.executable, "-m", "sgmim.cli", "download", finished_job,
+                          "-o", str(tmp_path / "tty.safetensors")])
+    tty = subprocess.run(["script", "-qec", command, "/dev/null"], env=server["env"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert tty.returncode == 0, tty.stdout
+    bar = re.compile(r"\d+(\.\d+)?/\d+(\.\d+)? (bytes|kB|MB)")
+    assert bar.search(tty.stdout), tty.stdout
+    piped = cli("download", finished_job, "-o", str(tmp_path / "pipe.safetensors"), env=server["env"])
+    assert piped.returncode == 0 and not bar.search(piped.stdout), piped.stdout
 
 
 def test_plot_writes_a_png(server, finished_job, tmp_path):
