@@ -136,49 +136,51 @@ def test_retention_and_the_global_webhook_on_an_ended_job(stack):
     assert event["status"] == "succeeded" and event["event"] == "job.finished"
 
 
+def popen_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """The CLI in the background, unbuffered so that its first line tells it is under way."""
+    return subprocess.Popen([sys.executable, "-m", "sgmim.cli", *args], env={**env, "PYTHONUNBUFFERED": "1"},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_lost_contact_has_its_own_exit_code(stack):
     job_id = submit(stack, *steps(400))
-    stack.wait_for(job_id, lambda j: j["status"] == "running")
-    env = {**stack.env, "SGMIM_RECONNECT_S": "3"}
-    watch = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "watch", job_id], env=env, cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    follow = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "logs", job_id, "-f"], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
-    stack.stop_api()
     try:
-        _, err = watch.communicate(timeout=60)
-        assert watch.returncode == LOST_CONTACT_EXIT == 3, err
-        assert "lost contact" in err and "outcome is unknown" in err
-        _, err = follow.communicate(timeout=60)
-        assert follow.returncode == LOST_CONTACT_EXIT, err
+        stack.wait_for(job_id, lambda j: (j["progress"]["step"] or 0) >= 1)  # it has log lines
+        env = {**stack.env, "SGMIM_RECONNECT_S": "3"}
+        watch = popen_cli("watch", job_id, env=env)
+        follow = popen_cli("logs", job_id, "-f", env=env)
+        assert watch.stdout.readline().startswith("status: queued")  # following the event stream
+        assert follow.stdout.readline()  # the tail is printed: the stream comes next
+        time.sleep(1)
+        stack.stop_api()
+        try:
+            _, err = watch.communicate(timeout=60)
+            assert watch.returncode == LOST_CONTACT_EXIT == 3, err
+            assert "lost contact" in err and "outcome is unknown" in err
+            _, err = follow.communicate(timeout=60)
+            assert follow.returncode == LOST_CONTACT_EXIT, err
+        finally:
+            stack.start_api()
+        # the job itself went on: the CLI's exit 3 said nothing about it
+        assert stack.job(job_id)["status"] == "running"
     finally:
-        stack.start_api()
-    # the job itself went on: the CLI's exit 3 said nothing about it
-    assert stack.job(job_id)["status"] == "running"
-    cli("cancel", job_id, env=stack.env)
+        cli("cancel", job_id, env=stack.env)
     stack.wait_for(job_id, lambda j: j["status"] == "cancelled")
 
 
 def test_ctrl_c_on_submit_watch_says_the_job_goes_on(stack):
-    proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "submit", TINY, *steps(400), "--watch"],
-                            env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 60
-    jobs: list = []
-    while not jobs:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-        jobs = httpx.get(f"{stack.url}/api/v1/jobs", params={"status": ["queued", "running"]}).json()["items"]
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    job_id = jobs[0]["id"]
-    assert proc.returncode == 130, out + err
-    assert f"job {job_id} goes on" in err and f"sgmim watch {job_id}" in err
-    assert "Traceback" not in err
-    assert stack.job(job_id)["status"] in ("queued", "running")
-    cli("cancel", job_id, env=stack.env)
+    proc = popen_cli("submit", TINY, *steps(400), "--watch", env=stack.env)
+    job_id = JOB_ID.search(proc.stdout.readline()).group(1)
+    try:
+        assert proc.stdout.readline().startswith("status: queued")  # following it
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, out + err
+        assert f"job {job_id} goes on" in err and f"sgmim watch {job_id}" in err
+        assert "Traceback" not in err
+        assert stack.job(job_id)["status"] in ("queued", "running")
+    finally:
+        cli("cancel", job_id, env=stack.env)
     stack.wait_for(job_id, lambda j: j["status"] == "cancelled")
 
 
@@ -195,6 +197,7 @@ def test_idempotent_resubmit_says_it_found_the_job(stack):
 
 def test_show_after_resume_is_the_new_attempts_progress(stack):
     job_id = submit(stack, *steps(400))
+    stack.wait_for(job_id, lambda j: j["status"] == "running", timeout=300)
     stack.wait_for(job_id, lambda j: (j["progress"]["step"] or 0) >= 2)
     cli("cancel", job_id, env=stack.env)
     before = stack.wait_for(job_id, lambda j: j["status"] == "cancelled")
