@@ -193,3 +193,42 @@ def file_validators(st: os.stat_result) -> dict[str, str]:
         "etag": f'"{st.st_mtime_ns:x}-{st.st_size:x}"',
         "last-modified": formatdate(st.st_mtime, usegmt=True),
     }
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes the files under `path` take (0 when it does not exist); symlinks are not followed."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def remove_tree_except(run_dir: Path, keep: tuple[str, ...] = ()) -> int:
+    """Delete the run directory, or everything in it but the relative paths `keep`; returns the
+    bytes freed."""
+    import shutil
+
+    if not run_dir.is_dir():
+        return 0
+    before = disk_usage(run_dir)
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return before
+    kept = {os.path.normpath(k) for k in keep}
+    for dirpath, dirs, files in os.walk(run_dir, topdown=False):
+        rel_dir = os.path.relpath(dirpath, run_dir)
+        for name in files:
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel not in kept:
+                os.unlink(os.path.join(dirpath, name))
+        for name in dirs:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                os.unlink(full)
+            elif not os.listdir(full):
+                os.rmdir(full)
+    return before - disk_usage(run_dir)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import httpx
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +23,7 @@ from service.db import migrate
 from service.db.repo import JobRepo
 from service.db.session import Database
 from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware, TokenAuthMiddleware
+from service.notify import housekeeping_once
 from service.openapi import install_openapi
 from service.reaper import reap_once
 from service.routes import api_router, health
@@ -46,6 +48,17 @@ async def _reaper_loop(repo: JobRepo, broker: Broker, settings: Settings) -> Non
             await run_in_threadpool(reap_once, repo, broker, settings)
         except Exception:
             log.exception("reaper pass failed")
+
+
+async def _housekeeping_loop(repo: JobRepo, settings: Settings) -> None:
+    """Webhooks and checkpoint retention for ended jobs (service/notify.py)."""
+    with httpx.Client(follow_redirects=False) as http:
+        while True:
+            await anyio.sleep(settings.notify_interval_s)
+            try:
+                await run_in_threadpool(housekeeping_once, repo, settings, http)
+            except Exception:
+                log.exception("housekeeping pass failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with anyio.create_task_group() as tasks:
             if settings.reaper_in_api:
                 tasks.start_soon(_reaper_loop, repo, broker, settings)
+            tasks.start_soon(_housekeeping_loop, repo, settings)
             try:
                 yield
             finally:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.db.base import finite_or_none
+from service.db.base import clean_text, finite_or_none
 from service.db.models import Checkpoint, Job, LogLine
+from service.db.organise import unpack_tags
+from sgmim.spec.job import TAG_PATTERN
 from sgmim.status import JobStatus
 
 JobKind = Literal["pretrain", "finetune", "evaluate"]
@@ -72,6 +74,12 @@ class JobSummary(BaseModel):
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     heartbeat_at: dt.datetime | None = None
+    tags: list[str] = Field(default_factory=list)
+    note: str | None = None
+    archived_at: dt.datetime | None = None
+    disk_bytes: int | None = Field(None, description="bytes the job's run directory takes on disk")
+    notify_state: str | None = Field(
+        None, description="webhook of the last terminal state: pending, sent, failed or none (no URL)")
 
     @classmethod
     def from_row(cls, job: Job) -> JobSummary:
@@ -117,7 +125,44 @@ def _summary_fields(job: Job) -> dict[str, Any]:
         started_at=job.started_at,
         finished_at=job.finished_at,
         heartbeat_at=job.heartbeat_at,
+        tags=unpack_tags(job.tags),
+        note=job.note,
+        archived_at=job.archived_at,
+        notify_state=job.notify_state,
     )
+
+
+class JobPatch(BaseModel):
+    """Tags and notes change at any time; archiving hides a job from lists without deleting it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add_tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(default_factory=list, max_length=32)
+    remove_tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(default_factory=list, max_length=32)
+    note: str | None = Field(None, max_length=4096, description="replaces the note; '' clears it")
+    archived: bool | None = None
+
+    @field_validator("note")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """Text Postgres can store: no NUL, valid UTF-8."""
+        if value is not None and ("\x00" in value or clean_text(value) != value):
+            raise ValueError("the note contains a NUL character or invalid Unicode")
+        return value
+
+
+class DeleteOut(BaseModel):
+    deleted: bool = Field(description="false: the job has children, so its row and export stay "
+                                      "(archived); everything else was removed")
+    kept: list[str] = Field(description="files kept, relative to the run directory")
+    freed_bytes: int
+    children: list[str] = Field(default_factory=list)
+
+
+class PruneOut(BaseModel):
+    removed: list[str]
+    kept: list[str]
+    freed_bytes: int
 
 
 class JobList(BaseModel):

@@ -162,6 +162,29 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(15.0, gt=0, description="SSE comment line sent when idle this long.")
     db_pool_size: int = Field(10, ge=1, description="connection pool size of the API process.")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy_timeout per connection.")
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=0,
+        description="retention: DeepSpeed tags kept per ended job (the newest; exports are always "
+        "kept). When set, the API prunes ended jobs to it every notify_interval_s; unset keeps "
+        "what the trainer kept. `sgmim prune JOB --keep K` prunes one job.",
+    )
+    webhook_url: str | None = Field(
+        None, description="POSTed when any job reaches a terminal state (a spec's `webhook` wins)."
+    )
+    webhook_secret: str | None = Field(
+        None,
+        description="HMAC-SHA256 key: each webhook carries `X-SGMIM-Signature: sha256=<hex of "
+        "HMAC(secret, body)>`.",
+    )
+    webhook_attempts: int = Field(5, ge=1, le=50, description="deliveries tried before giving up.")
+    webhook_backoff_s: float = Field(
+        2.0, gt=0, description="wait before the first retry, doubled after each failure."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook request.")
+    notify_interval_s: float = Field(
+        2.0, gt=0, description="how often the API looks for ended jobs to announce and prune."
+    )
     migrate_on_start: bool = Field(True, description="apply Alembic migrations when the app starts.")
 
     @field_validator("api_tokens", mode="before")

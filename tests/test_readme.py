@@ -71,7 +71,7 @@ def test_rest_table_routes_are_served():
     from service.settings import Settings
 
     schema = create_app(Settings(data_dir=ROOT / ".pytest-readme-unused", migrate_on_start=False)).openapi()
-    rows = re.findall(r"^\| `(GET|POST) (/[^`]*)` \|", README, re.M)
+    rows = re.findall(r"^\| `(GET|POST|PATCH|DELETE) (/[^`]*)` \|", README, re.M)
     assert len(rows) >= 11
     for method, path in rows:
         full = f"/api/v1{path}" if path.startswith("/jobs") else path

@@ -13,13 +13,25 @@ class JobNotFound(RepoError):
         super().__init__(f"job {job_id} not found")
 
 
+# How a status reads after "job X ...": "job X already succeeded".
+_STATUS_PHRASE = {
+    "queued": "is still queued",
+    "running": "is still running",
+    "cancelling": "is being cancelled",
+    "succeeded": "already succeeded",
+    "failed": "already failed",
+    "cancelled": "was already cancelled",
+}
+
+
 class InvalidTransition(RepoError):
     """A status change the state machine does not allow (HTTP 409 with `current`)."""
 
     def __init__(self, job_id: str, current: str, target: str, action: str | None = None):
         self.job_id, self.current, self.target = job_id, current, target
         self.action = action or f"move to {target}"
-        super().__init__(f"cannot {self.action} job {job_id}: it is {current}")
+        phrase = _STATUS_PHRASE.get(str(current), f"is {current}")
+        super().__init__(f"cannot {self.action} job {job_id}: it {phrase}")
 
 
 class IdempotencyConflict(RepoError):

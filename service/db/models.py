@@ -99,6 +99,17 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    tags: Mapped[str] = mapped_column(
+        Text, default="", doc="',a,b,': a LIKE '%,a,%' finds a tag on both dialects"
+    )
+    note: Mapped[str | None] = mapped_column(Text)
+    archived_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), doc="hidden from lists when set")
+    webhook_url: Mapped[str | None] = mapped_column(Text, doc="the spec's webhook (else the global setting)")
+    notify_state: Mapped[str | None] = mapped_column(
+        String(16), index=True, doc="pending (a terminal state to announce), sent, failed, none (no URL)"
+    )
+    notify_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    notify_next_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),

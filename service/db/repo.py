@@ -46,6 +46,7 @@ from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFoun
 from service.db.events import EventRepo
 from service.db.gang import GangRepo
 from service.db.models import Attempt, Checkpoint, IdempotencyKey, Job, StatusEvent, utcnow
+from service.db.organise import OrganiseRepo, pack_tags
 from service.db.records import RecordRepo
 from service.db.tokens import TokenRepo
 from sgmim.status import ACTIVE, TERMINAL, TRANSITIONS, JobStatus
@@ -125,9 +126,9 @@ def _progress_values(progress: dict[str, Any] | None) -> dict[str, Any]:
 # The repository --------------------------------------------------------------------------------
 
 
-class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
-    """The job lifecycle, with the event, record, token and worker-registry/gang operations
-    composed in."""
+class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
+    """The job lifecycle, with the event, record, token, organising (tags, notes, archive,
+    delete) and worker-registry/gang operations composed in."""
 
     # --- status machine --------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
         now = utcnow()
         if values.get("error") is not None:
             values["error"] = clean_text(str(values["error"]))[:MAX_ERROR]
+        if target in TERMINAL:  # announced by service/notify.py
+            values.update(notify_state="pending", notify_attempts=0, notify_next_at=None)
         seq = self._next_seq(s, job.id, 1)
         s.execute(update(Job).where(Job.id == job.id).values(status=target, updated_at=now, **values))
         s.execute(
@@ -252,6 +255,10 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
                     status=JobStatus.QUEUED,
                     parent_id=parent.get("job_id"),
                     parent_checkpoint=parent.get("checkpoint"),
+                    tags=pack_tags(spec.get("tags") or []),
+                    note=spec.get("note"),
+                    webhook_url=spec.get("webhook"),
+                    notify_attempts=0,
                     priority=int(spec.get("priority", 5)),
                     max_restarts=int(spec.get("max_restarts", 0)),
                     restarts=0,
@@ -306,6 +313,9 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
                 finished_at=None,
                 heartbeat_at=None,
                 cancel_requested_at=None,
+                archived_at=None,
+                notify_state=None,
+                notify_next_at=None,
             ),
             True,
         )
@@ -350,17 +360,26 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
         kind: Sequence[str] | None = None,
         limit: int = 50,
         before_id: str | None = None,
-        name_contains: str | None = None,
+        tags: Sequence[str] = (),
+        search: str | None = None,
+        since: dt.datetime | None = None,
+        archived: bool = False,
     ) -> list[Job]:
-        """Newest first (ids are time-sortable); `before_id` is the cursor: ids below it;
-        `name_contains`: a case-insensitive substring of the name (no wildcards)."""
+        """Newest first (ids are time-sortable); `before_id` is the cursor: ids below it. `tags`:
+        all of them; `search`: in the name, any case; `since`: created at or after; archived jobs
+        only when `archived`."""
         stmt = select(Job).options(defer(Job.spec), defer(Job.evaluation))
+        stmt = stmt.where(Job.archived_at.is_not(None) if archived else Job.archived_at.is_(None))
+        for tag in tags:
+            stmt = stmt.where(Job.tags.contains(f",{tag},", autoescape=True))
+        if search:
+            stmt = stmt.where(func.lower(Job.name).contains(search.lower(), autoescape=True))
+        if since is not None:
+            stmt = stmt.where(Job.created_at >= since)
         if status:
             stmt = stmt.where(Job.status.in_(list(status)))
         if kind:
             stmt = stmt.where(Job.kind.in_(list(kind)))
-        if name_contains:
-            stmt = stmt.where(func.lower(Job.name).contains(name_contains.lower(), autoescape=True))
         if before_id is not None:
             stmt = stmt.where(Job.id < before_id)
         stmt = stmt.order_by(Job.id.desc()).limit(limit)
@@ -397,6 +416,11 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, GangRepo):
                 JobStatus.QUEUED,
                 action="resume",
                 error=None,
+                # `show` reports the new attempt's progress, not the last one's
+                step=None,
+                total_steps=None,
+                epoch=None,
+                last_metrics=None,
                 finished_at=None,
                 cancel_requested_at=None,
                 enqueued_at=None,

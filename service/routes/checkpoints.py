@@ -10,16 +10,21 @@ inside the job's run directory: anything else is a 404.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
 from service import artifacts
+from service.db.repo import JobRepo
 from service.deps import RepoDep, SettingsDep
-from service.routes.common import AUTH, NOT_FOUND, JobIdDep, safe_text
-from service.schemas import CheckpointList, CheckpointOut, ErrorOut
+from service.routes.common import AUTH, CONFLICT, NOT_FOUND, JobIdDep, safe_text
+from service.schemas import CheckpointList, CheckpointOut, ErrorOut, PruneOut
+from service.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=AUTH)
 
@@ -35,9 +40,10 @@ def _missing(job_id: str, name: str) -> JSONResponse:
     return JSONResponse({"detail": f"job {job_id} has no checkpoint named {name[:64]!r}"}, status_code=404)
 
 
+@router.head("/{job_id}/checkpoints/{name}", include_in_schema=False)  # size and name, no body
 @router.get(
     "/{job_id}/checkpoints/{name}",
-    summary="Download a checkpoint",
+    summary="Download a checkpoint (HEAD: the same headers, without the body)",
     response_class=Response,
     responses={
         200: {
@@ -56,10 +62,11 @@ def _missing(job_id: str, name: str) -> JSONResponse:
     },
 )
 def download_checkpoint(
+    request: Request,
     job_id: JobIdDep,
     repo: RepoDep,
     settings: SettingsDep,
-    name: Annotated[str, Path(description="a name from the checkpoint list")],
+    name: Annotated[str, PathParam(description="a name from the checkpoint list")],
     range_: Annotated[str | None, Header(alias="range", max_length=200, include_in_schema=False)] = None,
 ) -> Response:
     if not safe_text(name, 256):
@@ -77,13 +84,14 @@ def download_checkpoint(
         if not os.path.isdir(real):
             return _missing(job_id, name)
         entries = artifacts.tar_plan(root, real, name)
+        tar_headers = {
+            "Content-Length": str(artifacts.tar_size(entries)),
+            "Content-Disposition": f'attachment; filename="{filename}.tar"',
+        }
+        if request.method == "HEAD":
+            return Response(media_type="application/x-tar", headers=tar_headers)
         return StreamingResponse(
-            artifacts.stream_tar(entries),
-            media_type="application/x-tar",
-            headers={
-                "Content-Length": str(artifacts.tar_size(entries)),
-                "Content-Disposition": f'attachment; filename="{filename}.tar"',
-            },
+            artifacts.stream_tar(entries), media_type="application/x-tar", headers=tar_headers
         )
     if not os.path.isfile(real):
         return _missing(job_id, name)
@@ -106,9 +114,48 @@ def download_checkpoint(
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(0, end - start + 1))
+    if request.method == "HEAD":
+        return Response(status_code=status, media_type="application/octet-stream", headers=headers)
     return StreamingResponse(
         artifacts.stream_file(real, start, end) if size else iter([b""]),
         status_code=status,
         media_type="application/octet-stream",
         headers=headers,
     )
+
+
+@router.post(
+    "/{job_id}/checkpoints/prune",
+    response_model=PruneOut,
+    summary="Delete all but the newest DeepSpeed checkpoints of a job",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def prune_checkpoints(
+    job_id: JobIdDep,
+    repo: RepoDep,
+    settings: SettingsDep,
+    keep: Annotated[
+        int | None, Query(ge=0, le=1000, description="default: the keep_checkpoints setting, else 1")
+    ] = None,
+) -> PruneOut:
+    """Keep the newest `keep` DeepSpeed tags and every export; the rest leave the disk. Refused
+    (409) while the job runs (its trainer rotates its own tags)."""
+    repo.check_deletable(job_id)
+    keep = keep if keep is not None else settings.keep_checkpoints
+    return prune(repo, settings, job_id, 1 if keep is None else keep)
+
+
+def prune(repo: JobRepo, settings: Settings, job_id: str, keep: int) -> PruneOut:
+    """The retention policy for one ended job (also run by service/notify.py's pass)."""
+    tags = [c for c in repo.checkpoints(job_id) if c.kind == "deepspeed"]  # oldest first
+    doomed = tags[: max(0, len(tags) - keep)]
+    run_dir = settings.run_dir(job_id)
+    freed = 0
+    for c in doomed:
+        real = artifacts.resolve_in_run_dir(run_dir, c.path)
+        if real is not None:
+            freed += artifacts.disk_usage(Path(real))
+            shutil.rmtree(real, ignore_errors=True)
+        repo.delete_checkpoint(job_id, c.name)
+    kept = [c.name for c in repo.checkpoints(job_id)]
+    return PruneOut(removed=[c.name for c in doomed], kept=kept, freed_bytes=freed)

@@ -4,31 +4,55 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import logging
 import re
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from service import artifacts
 from service.broker import Broker, dispatch
 from service.db.base import sha256_hex
 from service.db.repo import JobRepo, SubmitResult
 from service.deps import BrokerDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
-from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, check_strings, decode_body
-from service.schemas import ConflictOut, ErrorOut, JobKind, JobList, JobOut, JobSummary
+from service.routes.common import (
+    AUTH,
+    CONFLICT,
+    INVALID,
+    NOT_FOUND,
+    JobIdDep,
+    check_strings,
+    decode_body,
+    safe_text,
+)
+from service.schemas import (
+    ConflictOut,
+    DeleteOut,
+    ErrorOut,
+    JobKind,
+    JobList,
+    JobOut,
+    JobPatch,
+    JobSummary,
+)
 from service.settings import Settings
 from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
+from sgmim.spec.job import TAG_PATTERN
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH)
 
+JobSummaryT = TypeVar("JobSummaryT", bound=JobSummary)
+
 _CURSOR_ID = re.compile(r"[0-9a-z]{1,32}")
+_TAG = re.compile(TAG_PATTERN)
 
 
 def encode_cursor(job_id: str) -> str:
@@ -124,26 +148,90 @@ def _submit(
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=INVALID)
 def list_jobs(
     repo: RepoDep,
+    settings: SettingsDep,
     status: Annotated[list[JobStatus] | None, Query(description="repeat to allow several")] = None,
     kind: Annotated[list[JobKind] | None, Query(description="repeat to allow several")] = None,
+    tag: Annotated[list[str] | None, Query(max_length=64, description="jobs with all these tags")] = None,
+    q: Annotated[str | None, Query(max_length=128, description="part of the name, any case")] = None,
+    since: Annotated[dt.datetime | None, Query(description="created at or after (ISO 8601)")] = None,
+    archived: Annotated[bool, Query(description="list the archived jobs instead")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=128, description="next_cursor of the previous page")
     ] = None,
 ) -> JobList:
     before = decode_cursor(cursor) if cursor else None
-    jobs = repo.list(status=status, kind=kind, limit=limit + 1, before_id=before)
+    since = _check_filters(tag or [], q, since)
+    jobs = repo.list(status=status, kind=kind, limit=limit + 1, before_id=before, tags=tag or (),
+                     search=q, since=since, archived=archived)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobList(
-        items=[JobSummary.from_row(j) for j in jobs],
+        items=[with_disk_use(JobSummary.from_row(j), settings) for j in jobs],
         next_cursor=encode_cursor(jobs[-1].id) if more and jobs else None,
     )
 
 
+def _check_filters(tags: list[str], q: str | None, since: dt.datetime | None) -> dt.datetime | None:
+    """422 for a tag no job can carry or a search Postgres cannot compare (NUL); `since` in UTC."""
+    errors = [(f"tag.{i}", "not a valid tag") for i, t in enumerate(tags) if not _TAG.fullmatch(t)]
+    if q is not None and not safe_text(q, 128):
+        errors.append(("q", "invalid text"))
+    if since is not None:
+        try:
+            since = (since if since.tzinfo else since.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        except OverflowError:
+            errors.append(("since", "date out of range"))
+    if errors:
+        raise SpecValidationError(errors, "value_error", where="query")
+    return since
+
+
+def with_disk_use(job: JobSummaryT, settings: Settings) -> JobSummaryT:
+    job.disk_bytes = artifacts.disk_usage(settings.run_dir(job.id))
+    return job
+
+
 @router.get("/{job_id}", response_model=JobOut, summary="Show a job", responses=NOT_FOUND)
-def get_job(job_id: JobIdDep, repo: RepoDep) -> JobOut:
-    return JobOut.from_row(repo.get(job_id))
+def get_job(job_id: JobIdDep, repo: RepoDep, settings: SettingsDep) -> JobOut:
+    return with_disk_use(JobOut.from_row(repo.get(job_id)), settings)
+
+
+@router.patch("/{job_id}", response_model=JobOut, summary="Tag, annotate or archive a job",
+              responses={**NOT_FOUND, **INVALID})
+def update_job(job_id: JobIdDep, patch: JobPatch, repo: RepoDep, settings: SettingsDep) -> JobOut:
+    """Add or remove tags, replace the note, archive (hide from lists) or unarchive."""
+    repo.update_job(job_id, add_tags=patch.add_tags, remove_tags=patch.remove_tags, note=patch.note,
+                    archived=patch.archived)
+    return with_disk_use(JobOut.from_row(repo.get(job_id)), settings)
+
+
+@router.delete("/{job_id}", response_model=DeleteOut, summary="Delete a job and its artifacts",
+               responses={**NOT_FOUND, **CONFLICT})
+def delete_job(
+    job_id: JobIdDep,
+    repo: RepoDep,
+    settings: SettingsDep,
+    force: Annotated[bool, Query(description="also a job with children (they lose the link)")] = False,
+) -> DeleteOut:
+    """Refused (409) until the job has ended. A job with children (a pretraining job that was
+    fine-tuned) keeps its row and its export, archived, unless `force`; everything else of its
+    run directory is removed, checkpoints included."""
+    repo.check_deletable(job_id)
+    children = repo.children(job_id)
+    run_dir = settings.run_dir(job_id)
+    if children and not force:
+        exports = [c for c in repo.checkpoints(job_id) if c.kind != "deepspeed"]
+        kept = tuple(c.path for c in exports)
+        freed = artifacts.remove_tree_except(run_dir, kept)
+        for c in repo.checkpoints(job_id):
+            if c.kind == "deepspeed":
+                repo.delete_checkpoint(job_id, c.name)
+        repo.update_job(job_id, archived=True)
+        return DeleteOut(deleted=False, kept=list(kept), freed_bytes=freed, children=children)
+    repo.forget_job(job_id)
+    freed = artifacts.remove_tree_except(run_dir)
+    return DeleteOut(deleted=True, kept=[], freed_bytes=freed, children=children)
 
 
 @router.post(

@@ -55,7 +55,7 @@ def jobs_page(
         kind=[kind] if kind else None,
         limit=PAGE_SIZE + 1,
         before_id=before,
-        name_contains=q.strip() or None,
+        search=q.strip() or None,
     )
     more = len(jobs) > PAGE_SIZE
     jobs = jobs[:PAGE_SIZE]

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sgmim.cli import jobs as client
+from sgmim.cli import organise
 from sgmim.cli.analyze import analyze_app
 from sgmim.cli.data import data_app
 from sgmim.cli.plot import plot
@@ -27,7 +28,7 @@ app = typer.Typer(
 def main(
     ctx: typer.Context,
     url: str | None = typer.Option(None, "--url", help="server URL (else SGMIM_URL, the config file, "
-                                                       "http://127.0.0.1:8000)"),
+                                                       "http://127.0.0.1:$SGMIM_PORT, port 8000)"),
     token: str | None = typer.Option(None, "--token", help="API token (else SGMIM_TOKEN or the config file)"),
 ) -> None:
     """SG-MIM training service."""
@@ -35,7 +36,8 @@ def main(
 
 
 for command in (serve, worker, client.submit, client.jobs, client.show, client.watch, client.logs,
-                client.cancel, client.resume, client.checkpoints, client.download):
+                client.cancel, client.resume, client.checkpoints, client.download, organise.tag,
+                organise.note, organise.compare, organise.archive, organise.delete, organise.prune):
     app.command()(command)
 app.command("eval")(client.evaluation)
 app.command()(plot)

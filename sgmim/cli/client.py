@@ -1,16 +1,24 @@
 """A small HTTP client of REST API v1 for the CLI, and one-line error reporting.
 
 Server URL and token come from flags, then the environment (`SGMIM_URL`, `SGMIM_TOKEN`), then
-the config file (`$XDG_CONFIG_HOME/sgmim/config.yaml`, keys `url` and `token`).
+the config file (`$XDG_CONFIG_HOME/sgmim/config.yaml`, keys `url` and `token`), then
+`http://127.0.0.1:$SGMIM_PORT` (the port `sgmim serve` listens on; 8000 unset).
+
+Following a job (`events`) survives a restarting API: a cut stream or a refused connection is
+retried with backoff for `SGMIM_RECONNECT_S` seconds (default 300), resuming by Last-Event-ID;
+after that `LostContact` is raised, which the commands turn into exit code 3
+(LOST_CONTACT_EXIT), distinct from the job's own outcome.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +26,15 @@ import httpx
 import typer
 import yaml
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_PORT = 8000
+# `sgmim watch` / `logs -f` exit with this when the server stayed unreachable (the job's outcome
+# is unknown); 0/1/2 are the job's own outcome (sgmim.status.WATCH_EXIT_CODES).
+LOST_CONTACT_EXIT = 3
+DEFAULT_RECONNECT_S = 300.0
+
+
+def default_url() -> str:
+    return f"http://127.0.0.1:{os.environ.get('SGMIM_PORT') or DEFAULT_PORT}"
 
 
 def config_file() -> Path:
@@ -37,7 +53,7 @@ def resolve_connection(url: str | None, token: str | None) -> tuple[str, str | N
             fail(f"{path} is not valid YAML: {exc}")
         if not isinstance(stored, dict):
             fail(f"{path} must hold a mapping with keys url and token")
-    url = url or os.environ.get("SGMIM_URL") or stored.get("url") or DEFAULT_URL
+    url = url or os.environ.get("SGMIM_URL") or stored.get("url") or default_url()
     token = token or os.environ.get("SGMIM_TOKEN") or stored.get("token")
     return url.rstrip("/"), token
 
@@ -53,6 +69,15 @@ class ApiError(Exception):
         super().__init__(message)
 
 
+class LostContact(Exception):
+    """The server stayed unreachable for longer than the reconnect window."""
+
+
+# What a restarting server looks like from here: retried while following a job.
+TRANSIENT = (httpx.TransportError,)
+TRANSIENT_STATUS = (502, 503, 504)
+
+
 def describe_error(response: httpx.Response) -> str:
     """One readable line from an error response: field paths for validation errors."""
     try:
@@ -60,15 +85,30 @@ def describe_error(response: httpx.Response) -> str:
     except ValueError:
         return f"HTTP {response.status_code}: {response.text.strip()[:200] or response.reason_phrase}"
     detail = body.get("detail") if isinstance(body, dict) else body
+    if response.status_code == 401:
+        return token_hint(response.request.headers.get("authorization") is not None)
+    if isinstance(detail, list) and any(_query_loc(item) for item in detail):
+        return "; ".join(f"{_query_loc(item)}: {item.get('msg')}" for item in detail)
     if isinstance(detail, list):
         parts = []
         for item in detail:
             loc = [str(p) for p in item.get("loc", []) if p != "body"]
             parts.append(f"{'.'.join(loc)}: {item.get('msg')}" if loc else str(item.get("msg")))
         return f"invalid job spec: {'; '.join(parts)}"
-    if isinstance(body, dict) and body.get("status") and response.status_code == 409:
-        return f"{detail} (status: {body['status']})"
     return str(detail) if detail is not None else f"HTTP {response.status_code}"
+
+
+def _query_loc(item: dict) -> str | None:
+    loc = [str(p) for p in item.get("loc", [])]
+    return f"--{loc[1]}" if len(loc) > 1 and loc[0] == "query" else None
+
+
+def token_hint(sent: bool) -> str:
+    if sent:
+        return ("the server refused the API token; check --token or SGMIM_TOKEN "
+                "(or `token` in the config file)")
+    return ("the server needs an API token: pass --token TOKEN (before the command) or set SGMIM_TOKEN "
+            "(or `token` in the config file)")
 
 
 @dataclass
@@ -76,6 +116,9 @@ class Api:
     url: str
     token: str | None
     timeout: float = 30.0
+    reconnect_s: float = field(default_factory=lambda: float(os.environ.get("SGMIM_RECONNECT_S")
+                                                             or DEFAULT_RECONNECT_S))
+    on_contact: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
 
     def __post_init__(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -102,21 +145,58 @@ class Api:
                 raise ApiError(response.status_code, describe_error(response))
             yield response
 
-    def events(self, job_id: str, after: int = 0) -> Iterator[tuple[str, dict]]:
-        """SSE events of a job as (type, data); reconnects with Last-Event-ID when cut off and
-        ends after the final status event."""
+    def retrying(self, call: Callable[[], Any]) -> Any:
+        """call() again with backoff while the server is unreachable or restarting (502-504),
+        for up to reconnect_s seconds; then LostContact."""
+        lost_since: float | None = None
+        delay = 0.5
         while True:
             try:
-                headers = {"Last-Event-ID": str(after)} if after else {}
-                with self.stream(f"/jobs/{job_id}/events", headers=headers, timeout=60) as response:
+                result = call()
+            except TRANSIENT as exc:
+                reason = type(exc).__name__
+            except ApiError as exc:
+                if exc.status not in TRANSIENT_STATUS:
+                    raise
+                reason = f"HTTP {exc.status}"
+            else:
+                if lost_since is not None:
+                    self.on_contact(f"reconnected to {self.url}")
+                return result
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                self.on_contact(f"lost contact with {self.url} ({reason}); retrying for up to "
+                                f"{self.reconnect_s:.0f} s")
+            if now - lost_since >= self.reconnect_s:
+                raise LostContact(f"lost contact with {self.url} for {now - lost_since:.0f} s "
+                                  f"({reason}); the job's outcome is unknown")
+            time.sleep(min(delay, max(0.0, self.reconnect_s - (now - lost_since)) + 0.01))
+            delay = min(delay * 2, 10.0)
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[tuple[str, dict]]:
+        """SSE events of a job as (type, data); ends after the final status event. A cut stream or
+        an unreachable server is retried (see `retrying`), resuming after the last event id seen,
+        so no event is lost or repeated across an API restart."""
+
+        def open_stream() -> tuple[ExitStack, httpx.Response]:
+            stack = ExitStack()
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            response = stack.enter_context(self.stream(f"/jobs/{job_id}/events", headers=headers, timeout=60))
+            return stack, response
+
+        while True:
+            stack, response = self.retrying(open_stream)
+            with stack:
+                try:
                     for kind, data, event_id in parse_sse(response.iter_lines()):
                         if event_id is not None:
                             after = event_id
                         yield kind, data
                         if kind == "status" and data.get("final"):
                             return
-            except (httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.ReadError):
-                continue
+                except TRANSIENT:
+                    continue  # reconnect (retrying reports a lasting outage)
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict, int | None]]:
@@ -140,15 +220,18 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict, int | None]]:
 
 
 @contextmanager
-def api_errors(url: str) -> Iterator[None]:
-    """Turn what can go wrong talking to the server into one line and a non-zero exit."""
+def api_errors(url: str, connect_code: int = 1) -> Iterator[None]:
+    """Turn what can go wrong talking to the server into one line and a non-zero exit
+    (`connect_code` for an unreachable server: LOST_CONTACT_EXIT while following a job)."""
     try:
         yield
+    except LostContact as exc:
+        fail(str(exc), code=LOST_CONTACT_EXIT)
     except ApiError as exc:
         fail(str(exc), code=2 if exc.status in (400, 404, 409, 413, 422) else 1)
     except httpx.ConnectError:
         fail(f"cannot reach the SG-MIM server at {url}. Start one with `sgmim serve --with-worker` "
-             "(or set SGMIM_URL / --url to where it runs).")
+             "(or set SGMIM_URL / --url to where it runs).", code=connect_code)
     except httpx.TimeoutException:
         fail(f"the server at {url} did not answer in time")
     except httpx.HTTPError as exc:

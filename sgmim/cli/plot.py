@@ -57,16 +57,22 @@ def plot(
     ctx: typer.Context,
     job_ids: list[str] = typer.Argument(..., help="one job id, or several to overlay (SG-MIM vs SimMIM)"),
     output: Path = typer.Option(Path("metrics.png"), "-o", "--output"),
-    metrics: list[str] = typer.Option(DEFAULT_METRICS, "--metric", help="metric names (repeatable); "
-                                                                         "lr is always drawn"),
+    metrics: list[str] = typer.Option([], "--metric", help=f"metric names (repeatable; default "
+                                      f"{', '.join(DEFAULT_METRICS)}); lr is always drawn"),
 ) -> None:
     """Render the loss and learning-rate curves of jobs to a PNG."""
     api = connect(ctx)
-    curves = {}
+    curves, known = {}, set()
     with api_errors(api.url):
         for job_id in job_ids:
             job = api.get(f"/jobs/{job_id}")
-            curves[f"{job['name']} ({job_id})"] = fetch_series(api, job_id, [*metrics, "lr"])
+            known.update(job.get("last_metrics") or {})
+            names = [*(metrics or DEFAULT_METRICS), "lr"]
+            curves[f"{job['name']} ({job_id})"] = fetch_series(api, job_id, names)
+    missing = [m for m in metrics if not any(m in series for series in curves.values())]
+    if missing:
+        fail(f"no metric {', '.join(map(repr, missing))} in " + ", ".join(job_ids)
+             + (f"; they have: {', '.join(sorted(known))}" if known else ""), code=2)
     if not any(curves.values()):
         fail("no metric points yet for " + ", ".join(job_ids))
     render(curves, output)

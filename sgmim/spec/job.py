@@ -4,12 +4,13 @@ the schema of `config`. Unknown keys are rejected everywhere and every error nam
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from sgmim.spec.base import FieldError, StrictModel
 from sgmim.spec.data import PretrainDataConfig
@@ -46,12 +47,22 @@ class PretrainConfig(StrictModel):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
+TAG_PATTERN = r"^[A-Za-z0-9_.:+-]{1,64}$"
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, description="letters, digits and _ . : + -")]
+
+
 class JobBase(StrictModel):
     name: str = Field(min_length=1, max_length=128)
     parent: ParentRef | None = None
     resources: Resources = Resources()
     priority: int = Field(5, ge=0, le=9, description="9 runs first")
     max_restarts: int = Field(2, ge=0, le=20)
+    tags: list[Tag] = Field(default_factory=list, max_length=32,
+                            description="labels to find the job by (`sgmim jobs --tag`)")
+    note: str | None = Field(None, max_length=4096, description="free-form notes on the experiment")
+    webhook: str | None = Field(
+        None, max_length=2048, pattern=r"^https?://\S+$",
+        description="POSTed a signed JSON body when the job reaches a terminal state")
 
 
 class PretrainJob(JobBase):
@@ -109,10 +120,46 @@ def error_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts)
 
 
+_JOB_MODELS: dict[str, type[BaseModel]] = {"pretrain": PretrainJob, "finetune": FinetuneJob,
+                                           "evaluate": EvaluateJob}
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (`X | None`, `Annotated[X, ...]`, `list[X]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _submodel(arg)) is not None:
+            return found
+    return None
+
+
+def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model holding `loc`'s last part accepts ([] when it cannot be told)."""
+    parts = list(loc)
+    model = _JOB_MODELS.get(str(parts.pop(0))) if parts else None
+    for part in parts[:-1]:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        model = _submodel(info.annotation) if info is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """`extra_forbidden`'s message, with the closest allowed key when one is close."""
+    close = difflib.get_close_matches(str(loc[-1]), allowed_keys(loc), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+
+
 def spec_errors(exc: ValidationError) -> list[tuple[str, str]]:
     found = []
     for e in exc.errors():
         path, msg = error_path(e["loc"]), e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = _did_you_mean(e["loc"])
         cause = e.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):
             path, msg = ".".join(p for p in (path, cause.path) if p), cause.message

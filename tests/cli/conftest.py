@@ -13,6 +13,7 @@ import pytest
 from sgmim.train.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+WEBHOOK_SECRET = "whsec-test"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -21,35 +22,48 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sgmim.cli", *args], env=env, cwd=ROOT,
+def cli(*args: str, env: dict[str, str], timeout: float = 300,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sgmim.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    state = tmp_path_factory.mktemp("state")
-    port = free_port()
-    env = clean_env(SGMIM_DATA_DIR=str(state))
-    log = (state / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(port),
-                             "--with-worker"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+def start_server(state: Path, *extra: str, port: int | None = None, **settings: str):
+    """`sgmim serve` on `port` (default: a free one) over the data directory `state`: (process, url)."""
+    port = port or free_port()
+    env = clean_env(SGMIM_DATA_DIR=str(state), **settings)
+    log = (state / "server.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "serve", "--port", str(port), *extra],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    tokens = settings.get("SGMIM_API_TOKENS", "").split(",")
+    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens[0] else {}
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", headers=headers, timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail("server did not start:\n" + (state / "server.log").read_text()[-3000:])
         time.sleep(0.3)
-    yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
-           "state": state}
+    return proc, url
+
+
+def stop_server(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    proc, url = start_server(state, "--with-worker", SGMIM_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                             SGMIM_WEBHOOK_BACKOFF_S="0.5", SGMIM_NOTIFY_INTERVAL_S="0.5")
+    yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
+           "state": state}
+    stop_server(proc)

@@ -155,6 +155,21 @@ def test_list_newest_first_filters_and_cursor(api: Api):
         assert r.json()["detail"][0]["loc"][0] == "query"
 
 
+def test_organising_filters_and_patch_refuse_what_the_database_cannot_hold(api: Api):
+    job = api.submit({**PRETRAIN, "tags": ["a"], "note": "n"})
+    for bad in ({"tag": "\x00a"}, {"q": "a\x00"}, {"since": "0001-01-01T00:00:00+19:48"}, {"since": "x"}):
+        r = api.client.get(JOBS, params=bad)
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"][0] == "query"
+    for bad in ({"note": "a\x00"}, {"add_tags": ["has space"]}, {"remove_tags": ["\x00"]}, {"tags": ["a"]}):
+        r = api.client.patch(f"{JOBS}/{job['id']}", json=bad)
+        assert r.status_code == 422, (bad, r.text)
+    r = api.client.patch(f"{JOBS}/{job['id']}", json={"add_tags": ["b"], "note": "m", "archived": True})
+    assert r.status_code == 200 and r.json()["tags"] == ["a", "b"] and r.json()["note"] == "m"
+    archived = api.client.get(JOBS, params={"archived": True, "tag": ["a", "b"]}).json()["items"]
+    assert [j["id"] for j in archived] == [job["id"]]
+
+
 def test_unknown_or_malformed_job_id_is_404_json(api: Api):
     for path in ("0000000000000000", "NOT-AN-ID", "%00", "x" * 40):
         r = api.client.get(f"{JOBS}/{path}")

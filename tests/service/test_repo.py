@@ -323,3 +323,45 @@ def test_log_lines_and_metric_names_postgres_cannot_store_are_handled(repo: JobR
     assert lines[0] == "nul\ufffdbyte" and "surrogate" in lines[1] and "\udc80" not in lines[1]
     with pytest.raises(ValueError):
         repo.append_metrics(job_id, [{"name": "lo\x00ss", "value": 1.0}])
+
+
+def test_tags_search_since_archive_and_progress_reset(repo: JobRepo):
+    import datetime as dt
+
+    a = submit_spec(repo, name="Swin-Base-baseline", tags=["baseline", "swin_b"], note="first")
+    b = submit_spec(repo, name="vit-ablation", tags=["ablation"])
+    c = submit_spec(repo, name="base%_literal")  # LIKE wildcards in names and searches are literal
+    ids = lambda **kw: [j.id for j in repo.list(**kw)]  # noqa: E731
+    assert ids(tags=["baseline"]) == [a] and ids(tags=["swin"]) == []  # whole tags only
+    assert ids(tags=["baseline", "ablation"]) == []
+    assert set(ids(search="BASE")) == {a, c} and ids(search="%_") == [c]
+    assert ids(since=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)) == []
+    repo.update_job(a, add_tags=["ablation"], remove_tags=["swin_b"], note="")
+    job = repo.get(a)
+    assert job.tags == ",baseline,ablation," and job.note is None
+    repo.update_job(b, archived=True)
+    assert b not in ids() and ids(archived=True) == [b]
+    attempt = repo.claim_job(a, "w")
+    repo.heartbeat(a, attempt, {"step": 5, "total_steps": 10, "epoch": 0.5})
+    repo.append_metrics(a, [{"step": 5, "epoch": 0.5, "name": "loss", "value": 1.0, "time": 1.0}])
+    repo.cancel(a)
+    repo.finish_job(a, attempt, "cancelled")
+    assert [j.id for j in repo.due_notifications()] == [a]
+    resumed = repo.resume(a)
+    assert (resumed.step, resumed.total_steps, resumed.epoch, resumed.last_metrics) == (None,) * 4
+
+
+def test_forget_job_unlinks_children_and_refuses_active_jobs(repo: JobRepo):
+    parent = submit_spec(repo)
+    with pytest.raises(InvalidTransition, match="is still queued"):
+        repo.forget_job(parent)
+    attempt = repo.claim_job(parent, "w")
+    repo.record_checkpoint(parent, "global_step1", "deepspeed", 1, 10, "checkpoints/global_step1")
+    repo.append_logs(parent, ["a line"])
+    repo.finish_job(parent, attempt, "succeeded")
+    child = submit_spec(repo, kind="finetune", parent={"job_id": parent})
+    assert repo.children(parent) == [child]
+    repo.forget_job(parent)
+    with pytest.raises(JobNotFound):
+        repo.get(parent)
+    assert repo.get(child).parent_id is None

@@ -58,6 +58,8 @@ def test_no_server_errors_and_responses_match_the_schema(server: Server):
     for operation in operations:
         # a failed job may be resumed by a generated call; its event stream would then not end
         real_ids = [done] if operation.path.endswith("/events") else [done, failed]
+        if operation.method.upper() == "DELETE":
+            real_ids = []  # deleting the seeded jobs would turn every later case into a 404
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(

@@ -77,8 +77,8 @@ def test_series_errors(api: Api):
 def test_list_name_filter(api: Api):
     for name in ("sgmim-swin", "SimMIM-swin", "50%_done", "other"):
         api.submit({**PRETRAIN, "name": name})
-    names = {j.name for j in api.repo.list(name_contains="MIM")}
+    names = {j.name for j in api.repo.list(search="MIM")}
     assert names == {"sgmim-swin", "SimMIM-swin"}
-    assert {j.name for j in api.repo.list(name_contains="%_")} == {"50%_done"}  # no wildcards
+    assert {j.name for j in api.repo.list(search="%_")} == {"50%_done"}  # no wildcards
     page = api.client.get("/", params={"q": "swin", "status": "queued"})
     assert page.status_code == 200 and "sgmim-swin" in page.text and "other" not in page.text

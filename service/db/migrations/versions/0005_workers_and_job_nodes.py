@@ -1,7 +1,7 @@
 """jobs.nodes, workers (the registry the workers write) and job_nodes (the gang of a multi-node attempt)
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-30
 
 """
@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from service.db.models import UTCDateTime
 
 revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
