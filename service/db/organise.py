@@ -64,7 +64,8 @@ class OrganiseRepo(RepoBase):
                 values["archived_at"] = utcnow() if archived else None
             s.execute(update(Job).where(Job.id == job_id).values(**values))
 
-    def children(self, job_id: str) -> list[str]:
+    def child_ids(self, job_id: str) -> list[str]:
+        """Every job whose parent is this one, oldest first."""
         with self.db.read() as s:
             return list(s.execute(select(Job.id).where(Job.parent_id == job_id).order_by(Job.id)).scalars())
 

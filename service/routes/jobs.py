@@ -218,7 +218,7 @@ def delete_job(
     fine-tuned) keeps its row and its export, archived, unless `force`; everything else of its
     run directory is removed, checkpoints included."""
     repo.check_deletable(job_id)
-    children = repo.children(job_id)
+    children = repo.child_ids(job_id)
     run_dir = settings.run_dir(job_id)
     if children and not force:
         exports = [c for c in repo.checkpoints(job_id) if c.kind != "deepspeed"]

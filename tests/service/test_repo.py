@@ -360,8 +360,23 @@ def test_forget_job_unlinks_children_and_refuses_active_jobs(repo: JobRepo):
     repo.append_logs(parent, ["a line"])
     repo.finish_job(parent, attempt, "succeeded")
     child = submit_spec(repo, kind="finetune", parent={"job_id": parent})
-    assert repo.children(parent) == [child]
+    assert repo.child_ids(parent) == [child]
+    assert [c.id for c in repo.children(parent)] == [child]
     repo.forget_job(parent)
     with pytest.raises(JobNotFound):
         repo.get(parent)
     assert repo.get(child).parent_id is None
+
+
+def test_the_composed_parts_define_each_method_once():
+    """JobRepo composes its concerns by inheritance: a method defined in two parts would
+    silently shadow the other (a merge once gave `children` two meanings)."""
+    parts = [base for base in JobRepo.__mro__[1:] if base.__module__.startswith("service.db.")
+             and base.__name__ != "RepoBase"]
+    owners: dict[str, str] = {}
+    for cls in [JobRepo, *parts]:
+        for name in vars(cls):
+            if name.startswith("__"):
+                continue
+            assert name not in owners, f"{name} is defined in {owners[name]} and {cls.__name__}"
+            owners[name] = cls.__name__
