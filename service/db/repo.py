@@ -149,7 +149,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
         previous = job.status
         now = utcnow()
         if values.get("error") is not None:
-            values["error"] = clean_text(str(values["error"]))[:MAX_ERROR]
+            values["error"] = storable_error(values["error"])
         seq = self._next_seq(s, job.id, 1)
         s.execute(update(Job).where(Job.id == job.id).values(status=target, updated_at=now, **values))
         s.execute(
@@ -487,6 +487,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
         machine forbids from the current status (e.g. running -> cancelled without a cancel)."""
         if status not in TERMINAL:
             raise ValueError(f"finish status must be one of {sorted(TERMINAL)}")
+        error = storable_error(error)
         now = utcnow()
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
@@ -540,13 +541,21 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
                 )
             ]
 
-    def requeue(self, job_id: str, reason: str = "worker lost (stale heartbeat)") -> str:
-        """Reaper: recover a running/cancelling job whose worker vanished. Returns the new status:
+    def requeue(
+        self, job_id: str, reason: str = "worker lost (stale heartbeat)", attempt: int | None = None
+    ) -> str | None:
+        """Recover a running/cancelling job whose worker vanished (the reaper) or whose trainer
+        was killed by a signal (its supervisor, passing its `attempt`). Returns the new status:
         running -> queued while restarts < max_restarts (restarts += 1), else -> failed;
-        cancelling -> cancelled. The caller sends the job's message again when it is queued."""
+        cancelling -> cancelled; None (nothing changed) when `attempt` is given and no longer
+        owns the job. A queued job has no message in flight (enqueued_at NULL): the caller or
+        the reaper's next pass sends it."""
+        reason = storable_error(reason) or ""
         now = utcnow()
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
+            if attempt is not None and (job.attempt != attempt or job.status not in ACTIVE):
+                return None
             if job.status == JobStatus.CANCELLING:
                 self._transition(s, job, JobStatus.CANCELLED, action="requeue", finished_at=now)
                 target = JobStatus.CANCELLED
@@ -581,6 +590,11 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
 class _Replay(Exception):
     def __init__(self, job_id: str, body_hash: str):
         self.job_id, self.body_hash = job_id, body_hash
+
+
+def storable_error(error: str | None) -> str | None:
+    """An error text both databases store (no NUL, valid UTF-8), cut to MAX_ERROR."""
+    return None if error is None else clean_text(str(error))[:MAX_ERROR]
 
 
 def _expired(created_at: dt.datetime, ttl_s: float) -> bool:
