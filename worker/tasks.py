@@ -44,6 +44,7 @@ from service.db import open_repo
 from service.db.repo import JobRepo
 from service.queue import TASK_NAME
 from service.settings import Settings
+from sgmim.train.launch import die_with_parent
 from worker.supervisor import Supervisor
 
 log = logging.getLogger("worker.tasks")
@@ -71,6 +72,13 @@ def runtime() -> Runtime:
             settings = Settings()
             rt = _runtimes[pid] = Runtime(settings, open_repo(settings, migrate=False))
         return rt
+
+
+@worker_process_init.connect
+def _die_with_the_worker(**_kwargs: object) -> None:
+    """A pool child never outlives its worker (one killed with -9, or with its server): the run
+    it supervises dies with it (the trainer's own PR_SET_PDEATHSIG) and the reaper requeues it."""
+    die_with_parent()
 
 
 @worker_process_init.connect
