@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sgmim.cli.client import Api, api_errors, fail, resolve_connection
+from sgmim.cli.client import Api, api_errors, fail, markup, resolve_connection, shown
 from sgmim.status import TERMINAL, WATCH_EXIT_CODES, JobStatus
 
 console = Console()
@@ -46,7 +46,8 @@ def submit(
     api = connect(ctx)
     with api_errors(api.url):
         job = api.post("/jobs", body, headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
-    console.print(f"submitted job [bold]{job['id']}[/bold] ({job['kind']} {job['name']!r}): {job['status']}")
+    console.print(f"submitted job [bold]{markup(job['id'])}[/bold] ({markup(job['kind'])} "
+                  f"{markup(repr(job['name']))}): {markup(job['status'])}")
     if watch_after:
         raise typer.Exit(follow(api, job["id"]))
 
@@ -66,8 +67,8 @@ def jobs(
         table.add_column(column, no_wrap=True)
     table.add_column("name", overflow="ellipsis", no_wrap=True)
     for job in page["items"]:
-        table.add_row(job["id"], job["kind"], job["status"], progress_text(job),
-                      job["created_at"][5:16].replace("T", " "), job["name"])
+        table.add_row(*(markup(v) for v in (job["id"], job["kind"], job["status"], progress_text(job),
+                                            job["created_at"][5:16].replace("T", " "), job["name"])))
     console.print(table)
     if page.get("next_cursor"):
         console.print(f"(more: --limit {limit * 2})", style="dim")
@@ -91,12 +92,12 @@ def show(ctx: typer.Context, job_id: str, as_json: bool = typer.Option(False, "-
     table = Table(show_header=False, box=None)
     for key in ("id", "kind", "name", "status", "parent_id", "attempt", "worker", "queue",
                 "created_at", "started_at", "finished_at"):
-        table.add_row(key, str(job.get(key) if job.get(key) is not None else "-"))
-    table.add_row("progress", progress_text(job))
+        table.add_row(key, markup(job.get(key) if job.get(key) is not None else "-"))
+    table.add_row("progress", markup(progress_text(job)))
     for name, value in sorted((job.get("last_metrics") or {}).items()):
-        table.add_row(f"  {name}", f"{value:.5g}" if isinstance(value, float) else str(value))
+        table.add_row(f"  {markup(name)}", f"{value:.5g}" if isinstance(value, float) else markup(value))
     if job.get("error"):
-        table.add_row("error", f"[red]{job['error']}[/red]")
+        table.add_row("error", f"[red]{markup(job['error'], lines=True)}[/red]")
     console.print(table)
 
 
@@ -116,7 +117,7 @@ def follow(api: Api, job_id: str) -> int:
                    TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[losses]}")]
         final = job["status"]
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task(f"{job['name']} ({job_id})", total=total, epoch="-", speed="",
+            task = bar.add_task(f"{markup(job['name'])} ({markup(job_id)})", total=total, epoch="-", speed="",
                                 losses="")
             for kind, data in api.events(job_id):
                 if kind == "metric":
@@ -129,7 +130,7 @@ def follow(api: Api, job_id: str) -> int:
                 elif kind == "status":
                     final = data["status"]
                     if not data.get("final"):
-                        bar.console.print(f"status: {data['status']}"
+                        bar.console.print(f"status: {markup(data['status'])}"
                                           + (f" (attempt {data['attempt']})" if data.get("attempt") else ""))
             job = api.get(f"/jobs/{job_id}")
             # the total may reach the server only with the outcome (a run shorter than a heartbeat)
@@ -138,9 +139,9 @@ def follow(api: Api, job_id: str) -> int:
                 bar.update(task, total=done.get("total_steps") or total, completed=done["step"])
     final = job["status"] if job["status"] in TERMINAL else final
     style = {JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red"}.get(final, "yellow")
-    console.print(f"job {job_id} [{style}]{final}[/{style}]")
+    console.print(f"job {markup(job_id)} [{style}]{markup(final)}[/{style}]")
     if job.get("error"):
-        console.print(f"[red]{job['error']}[/red]")
+        console.print(f"[red]{markup(job['error'], lines=True)}[/red]")
     # `sgmim watch` / `submit --watch` exit with the job's final status.
     return WATCH_EXIT_CODES.get(final, 1)
 
@@ -166,13 +167,13 @@ def logs(
     with api_errors(api.url):
         lines = api.get(f"/jobs/{job_id}/logs", tail=tail)["lines"]
         for line in lines:
-            console.print(line["line"], markup=False, highlight=False)
+            console.print(shown(line["line"]), markup=False, highlight=False)
         if not follow_log:
             return
         after = lines[-1]["seq"] if lines else 0
         for kind, data in api.events(job_id, after=after):
             if kind == "log":
-                console.print(data["line"], markup=False, highlight=False)
+                console.print(shown(data["line"]), markup=False, highlight=False)
 
 
 def cancel(ctx: typer.Context, job_id: str) -> None:
@@ -180,7 +181,7 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
     api = connect(ctx)
     with api_errors(api.url):
         job = api.post(f"/jobs/{job_id}/cancel")
-    console.print(f"job {job_id}: {job['status']}")
+    console.print(f"job {markup(job_id)}: {markup(job['status'])}")
 
 
 def resume(ctx: typer.Context, job_id: str) -> None:
@@ -188,7 +189,7 @@ def resume(ctx: typer.Context, job_id: str) -> None:
     api = connect(ctx)
     with api_errors(api.url):
         job = api.post(f"/jobs/{job_id}/resume")
-    console.print(f"job {job_id}: {job['status']}")
+    console.print(f"job {markup(job_id)}: {markup(job['status'])}")
 
 
 def checkpoints(ctx: typer.Context, job_id: str) -> None:
@@ -198,8 +199,9 @@ def checkpoints(ctx: typer.Context, job_id: str) -> None:
         items = api.get(f"/jobs/{job_id}/checkpoints")["items"]
     table = Table("name", "kind", "step", "size", "created", box=None)
     for c in items:
-        table.add_row(c["name"], c["kind"], str(c["step"] if c["step"] is not None else "-"),
-                      _size(c["size_bytes"]), c["created_at"][:19].replace("T", " "))
+        step = c["step"] if c["step"] is not None else "-"
+        table.add_row(markup(c["name"]), markup(c["kind"]), markup(step), _size(c["size_bytes"]),
+                      markup(c["created_at"][:19].replace("T", " ")))
     console.print(table)
 
 
@@ -235,12 +237,12 @@ def download(
         with api.stream(f"/jobs/{job_id}/checkpoints/{chosen['name']}") as response, tmp.open("wb") as f, \
                 Progress(console=console, transient=True) as bar:
             size = int(response.headers.get("content-length") or 0)
-            task = bar.add_task(chosen["name"], total=size or None)
+            task = bar.add_task(markup(chosen["name"]), total=size or None)
             for chunk in response.iter_bytes(1 << 20):
                 f.write(chunk)
                 bar.advance(task, len(chunk))
         tmp.replace(output)
-    console.print(f"wrote {output} ({_size(output.stat().st_size)})")
+    console.print(f"wrote {markup(output)} ({_size(output.stat().st_size)})")
 
 
 def evaluation(ctx: typer.Context, job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -251,11 +253,12 @@ def evaluation(ctx: typer.Context, job_id: str, as_json: bool = typer.Option(Fal
     if as_json:
         console.print_json(json.dumps(result))
         return
-    console.print(f"{result.get('task')} on {result.get('dataset')} / {result.get('split')}: "
-                  f"{result.get('num_images')} images")
+    console.print(f"{markup(result.get('task'))} on {markup(result.get('dataset'))} / "
+                  f"{markup(result.get('split'))}: {markup(result.get('num_images'))} images")
     table = Table("metric", "value", box=None)
     for key, value in (result.get("metrics") or {}).items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(markup(key), f"{value:.4f}" if isinstance(value, float) else markup(value))
     console.print(table)
     if result.get("parent_chain"):
-        console.print("lineage: " + " → ".join([*result["parent_chain"], result.get("job_id") or job_id]))
+        chain = [*result["parent_chain"], result.get("job_id") or job_id]
+        console.print("lineage: " + " → ".join(markup(j) for j in chain))

@@ -46,8 +46,13 @@ class PretrainConfig(StrictModel):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
+# no control characters (terminal escapes, newlines) nor bidi overrides: names are printed
+PRINTABLE_NAME = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]+$"
+
+
 class JobBase(StrictModel):
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=PRINTABLE_NAME,
+                      description="free text without control characters")
     parent: ParentRef | None = None
     resources: Resources = Resources()
     priority: int = Field(5, ge=0, le=9, description="9 runs first")
