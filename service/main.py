@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(api_router)
-    install_openapi(app)
+    install_openapi(app, settings.max_string_length)
     # Added last = outermost: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TokenAuthMiddleware, auth=auth)

@@ -189,16 +189,17 @@ class ErrorOut(BaseModel):
     detail: str | list[Any] | dict[str, Any]
 
 
-class ConflictOut(BaseModel):
-    detail: str
-    status: JobStatus | None = Field(None, description="the job's current status")
-    job_id: str | None = None
-
-
 class FieldErrorOut(BaseModel):
     loc: list[str | int]
     msg: str
     type: str
+
+
+class ConflictOut(BaseModel):
+    detail: str | list[FieldErrorOut] = Field(
+        description="what conflicts; for a parent problem, the field path and why")
+    status: JobStatus | None = Field(None, description="the job's current status")
+    job_id: str | None = None
 
 
 class ValidationErrorOut(BaseModel):

@@ -13,6 +13,7 @@ different working directories share one database, broker folder and artifact roo
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +57,13 @@ class Settings(BaseSettings):
         description="comma-separated bearer tokens. When any token is configured (here, in "
         "token_file or in the api_tokens table at start), every route but /healthz "
         "needs `Authorization: Bearer <token>`.",
+    )
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated folders that the data paths of a job spec (data.root, split "
+        "files, init_path) must lie under, checked at submit (422 naming the field) and again by "
+        "the worker with symlinks resolved; the artifact root is always allowed. Default: the "
+        "user's home and data_dir (the embedded mode). Set it in deployment, e.g. /datasets.",
     )
     token_file: Path | None = Field(
         None, description="file with one bearer token per line (blank lines and # comments ignored)."
@@ -138,7 +146,7 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy_timeout per connection.")
     migrate_on_start: bool = Field(True, description="apply Alembic migrations when the app starts.")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "data_roots", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
@@ -175,6 +183,12 @@ class Settings(BaseSettings):
 
     def run_dir(self, job_id: str) -> Path:
         return self.resolved_artifact_root / "jobs" / job_id
+
+    def allowed_data_roots(self) -> list[Path]:
+        """Where a spec's data paths may point: data_roots (default: home and data_dir) and the
+        artifact root (another job's export as an init file)."""
+        roots = self.data_roots or [Path.home(), self.data_dir]
+        return [Path(os.path.abspath(root.expanduser())) for root in [*roots, self.resolved_artifact_root]]
 
     @cached_property
     def configured_tokens(self) -> list[str]:

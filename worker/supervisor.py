@@ -59,6 +59,7 @@ from service.settings import Settings
 from sgmim import rundir
 from sgmim.rundir import exit_meaning
 from sgmim.spec import AnyJob, SpecError, parse_spec
+from sgmim.spec.paths import paths_outside
 from sgmim.status import JobStatus
 from sgmim.train.launch import die_with_parent, environment, gpu_count
 from worker import procs
@@ -189,6 +190,9 @@ class Supervisor:
             spec = parse_spec(copy.deepcopy(stored))
         except SpecError as exc:
             raise LaunchError(f"the stored job spec no longer validates: {exc}") from None
+        outside = paths_outside(spec, self.settings.allowed_data_roots(), resolve=True)
+        if outside:
+            raise LaunchError("; ".join(f"{field}: {message}" for field, message in outside))
         if spec.kind in PARENT_ARTIFACT and spec.config.init == "parent":
             config = spec.config.model_copy(update={"init_path": str(self.parent_artifact(spec))})
             spec = spec.model_copy(update={"config": config})

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -22,28 +19,15 @@ from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, 
 from service.schemas import ConflictOut, ErrorOut, JobKind, JobList, JobOut, JobSummary
 from service.settings import Settings
 from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
+from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH)
 
-_CURSOR_ID = re.compile(r"[0-9a-z]{1,32}")
-
-
-def encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{job_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    version, _, job_id = raw.partition(":")
-    if version != "v1" or not _CURSOR_ID.fullmatch(job_id):
-        raise SpecValidationError([("cursor", "invalid cursor")], "cursor_invalid", where="query")
-    return job_id
+# A page's cursor is the id of its last job (ids sort by creation); the schema states its form.
+CURSOR_PATTERN = r"^[0-9a-z]{1,32}$"
 
 
 @router.post(
@@ -54,7 +38,9 @@ def decode_cursor(cursor: str) -> str:
     summary="Submit a job",
     responses={
         200: {"model": JobOut, "description": "replay: this Idempotency-Key and body created this job"},
-        409: {"model": ConflictOut, "description": "this Idempotency-Key was used with another body"},
+        409: {"model": ConflictOut, "description": "this Idempotency-Key was used with another body, "
+              "or the parent job is missing, has not succeeded, is of another kind or lacks the "
+              "named checkpoint (`detail` names the field)"},
         413: {"model": ErrorOut, "description": "request body too large"},
         **INVALID,
     },
@@ -95,6 +81,9 @@ def _submit(
     """Validate, check the parent, store, send: one worker thread per request."""
     check_strings(data, settings.max_string_length)
     spec = parse_spec(data)
+    outside = paths_outside(spec, settings.allowed_data_roots(), resolve=False)
+    if outside:
+        raise SpecValidationError(outside, PATH_NOT_ALLOWED)
     if spec.parent is not None:
         repo.check_parent(
             spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
@@ -118,16 +107,16 @@ def list_jobs(
     kind: Annotated[list[JobKind] | None, Query(description="repeat to allow several")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=128, description="next_cursor of the previous page")
+        str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the previous page")
     ] = None,
 ) -> JobList:
-    before = decode_cursor(cursor) if cursor else None
+    before = cursor or None
     jobs = repo.list(status=status, kind=kind, limit=limit + 1, before_id=before)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobList(
         items=[JobSummary.from_row(j) for j in jobs],
-        next_cursor=encode_cursor(jobs[-1].id) if more and jobs else None,
+        next_cursor=jobs[-1].id if more and jobs else None,
     )
 
 

@@ -97,11 +97,18 @@ JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
 _adapter: TypeAdapter[AnyJob] = TypeAdapter(JobSpec)
 
 
-class SpecError(ValueError):
-    """A job spec that does not validate; `errors` are `(field path, message)` pairs."""
+# The error type of a rule a validator checks (across fields, or beyond what JSON Schema can
+# say, e.g. img_size a multiple of mask_patch_size); everything else is a schema violation.
+SPEC_RULE = "spec_rule"
 
-    def __init__(self, errors: list[tuple[str, str]]):
+
+class SpecError(ValueError):
+    """A job spec that does not validate; `errors` are `(field path, message)` pairs and
+    `types` their kinds ("spec_rule", or pydantic's type of a schema violation)."""
+
+    def __init__(self, errors: list[tuple[str, str]], types: list[str] | None = None):
         self.errors = errors
+        self.types = types or ["value_error"] * len(errors)
         super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
 
 
@@ -132,7 +139,8 @@ def parse_spec(data: Any) -> AnyJob:
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
-        raise SpecError(spec_errors(exc)) from None
+        types = [SPEC_RULE if e["type"] == "value_error" else e["type"] for e in exc.errors()]
+        raise SpecError(spec_errors(exc), types) from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AnyJob:

@@ -80,20 +80,20 @@ def test_parent_must_exist_have_succeeded_and_be_the_right_kind(api: Api):
         return api.client.post(JOBS, json={"kind": "finetune", "name": "f", "parent": ref})
 
     r = finetune("0000000000000000")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parent", "job_id"]
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "parent", "job_id"]
     assert "does not exist" in r.json()["detail"][0]["msg"]
     pre = api.submit()["id"]
     r = finetune(pre)
-    assert r.status_code == 422 and "must have succeeded" in r.json()["detail"][0]["msg"]
+    assert r.status_code == 409 and "must have succeeded" in r.json()["detail"][0]["msg"]
     api.succeed(pre)
     r = finetune(pre, "global_step9")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parent", "checkpoint"]
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "parent", "checkpoint"]
     api.repo.record_checkpoint(pre, "encoder", "encoder", 9, 1, "export/encoder.safetensors")
     assert finetune(pre, "encoder").status_code == 201
     child = finetune(pre)
     assert child.status_code == 201 and child.json()["parent_id"] == pre
     r = api.client.post(JOBS, json={"kind": "evaluate", "name": "e", "parent": {"job_id": pre}})
-    assert r.status_code == 422 and "must be a finetune job" in r.json()["detail"][0]["msg"]
+    assert r.status_code == 409 and "must be a finetune job" in r.json()["detail"][0]["msg"]
 
 
 def test_idempotency_key_same_body_same_job_other_body_409(api: Api):

@@ -259,15 +259,19 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         client.close()
         pg_url = database_url = create_pg_database()
         broker_url = REDIS_URL
-    settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=broker_url)
+    # the tests' data folders (tmp_path) are data roots, as /datasets is in deployment
+    data_roots = str(tmp_path_factory.getbasetemp())
+    settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=broker_url,
+                        data_roots=[data_roots])
     env = clean_env(
+        SGMIM_DATA_ROOTS=data_roots,
         SGMIM_DATA_DIR=str(settings.data_dir),
         SGMIM_DATABASE_URL=database_url,
         SGMIM_HOSTFILE=str(hostfile),
         **WORKER_ENV,
         **({"SGMIM_BROKER_URL": broker_url} if broker_url else {}),
     )
-    api, url = start_uvicorn(settings, log=folder / "api.log")
+    api, url = start_uvicorn(settings, {"SGMIM_DATA_ROOTS": data_roots}, log=folder / "api.log")
     db = Database.from_settings(settings)
     st = Stack(request.param, settings, url, env, JobRepo(db), httpx.Client(base_url=url, timeout=30), folder)
     try:
