@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app, settings.max_string_length)
     # Added last = outermost: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(TokenAuthMiddleware, auth=auth)
+    app.add_middleware(TokenAuthMiddleware, auth=auth, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, telemetry=telemetry)
     return app
 

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         "the worker with symlinks resolved; the artifact root is always allowed. Default: the "
         "user's home and data_dir (the embedded mode). Set it in deployment, e.g. /datasets.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="without tokens (loopback mode): comma-separated host names the Host header "
+        "may carry besides loopback names and addresses and the address the server listens on "
+        "(DNS rebinding protection).",
+    )
     token_file: Path | None = Field(
         None, description="file with one bearer token per line (blank lines and # comments ignored)."
     )
@@ -146,7 +152,7 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy_timeout per connection.")
     migrate_on_start: bool = Field(True, description="apply Alembic migrations when the app starts.")
 
-    @field_validator("api_tokens", "data_roots", mode="before")
+    @field_validator("api_tokens", "data_roots", "allowed_hosts", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
