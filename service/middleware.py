@@ -107,7 +107,8 @@ class TokenAuthMiddleware:
         host = _header(scope, b"host") or ""
         name = _hostname(host)
         bound = str(server[0]).lower() if server else None
-        if not (is_loopback(name) or name == bound or name in self.allowed_hosts):
+        # no Host at all: not a browser (they always send one), so not a rebinding attack
+        if name and not (is_loopback(name) or name == bound or name in self.allowed_hosts):
             return 400, (f"Host {host[:100]!r} is not served without an API token; use 127.0.0.1 or "
                          "localhost, or add the name to SGMIM_ALLOWED_HOSTS")
         if scope.get("method", "GET") in SAFE_METHODS:

@@ -376,7 +376,7 @@ def raw_get(app, raw_path: str) -> tuple[int, bytes]:
             "raw_path": raw_path.encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [(b"host", b"testserver")],
+            "headers": [(b"host", b"127.0.0.1")],
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
         }

@@ -151,7 +151,8 @@ def test_raw_traversal_requests_are_404(server: Server):
         "%2e%2e%2fspec.json",
     ):
         with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
-            sock.sendall(f"GET {base}{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            request = f"GET {base}{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            sock.sendall(request.encode())
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
