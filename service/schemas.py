@@ -134,11 +134,13 @@ class MetricPoint(BaseModel):
     name: str
     value: float | None = Field(description="null: NaN or infinite")
     time: float = Field(description="unix time, seconds")
+    attempt: int | None = Field(None, description="the attempt that wrote the point")
 
     @classmethod
     def from_row(cls, m: Any) -> MetricPoint:
         return cls.model_construct(
-            seq=m.seq, step=m.step, epoch=m.epoch, name=m.name, value=finite_or_none(m.value), time=m.time
+            seq=m.seq, step=m.step, epoch=m.epoch, name=m.name, value=finite_or_none(m.value), time=m.time,
+            attempt=m.attempt,
         )
 
 
