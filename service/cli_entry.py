@@ -74,6 +74,18 @@ def start_worker(settings: Settings, queues: list[str] | None = None) -> subproc
     return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives each API process these settings; migrations already ran."""
+    env = {"SGMIM_MIGRATE_ON_START": "false"}
+    for name in settings.model_fields_set - {"migrate_on_start"}:
+        value = getattr(settings, name)
+        if isinstance(value, list):
+            env["SGMIM_" + name.upper()] = ",".join(map(str, value))
+        elif value is not None:
+            env["SGMIM_" + name.upper()] = str(value)
+    return env
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -98,7 +110,15 @@ def run_server(
     try:
         # open SSE streams would otherwise hold a graceful shutdown until the jobs end
         uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)
-        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False, **uvicorn_kwargs)
+        uvicorn_kwargs.setdefault("timeout_keep_alive", settings.keep_alive_s)
+        if settings.api_workers > 1:
+            # uvicorn starts each process from the import string (the app factory reads the
+            # settings from the environment, which the processes inherit)
+            os.environ.update(settings_environment(settings))
+            uvicorn.run("service.main:create_app", factory=True, host=host, port=port, proxy_headers=False,
+                        workers=settings.api_workers, **uvicorn_kwargs)
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False, **uvicorn_kwargs)
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()

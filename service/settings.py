@@ -80,6 +80,21 @@ class Settings(BaseSettings):
         "is refused unless a token is configured.",
     )
     port: int = Field(8000, ge=0, le=65535, description="bind port of `run_server`.")
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="how long the server keeps an idle keep-alive connection open. Longer than "
+        "clients keep idle pooled connections (httpx: 5 s, browsers about 60 s): with the old 5 s "
+        "a request sent on a pooled connection just as the server closed it got no response.",
+    )
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes of `sgmim serve` (uvicorn --workers); each has its own "
+        "database pool. SSE streams read from the database, so they stay exactly-once whichever "
+        "process serves them.",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request bodies larger than this get 413.")
     max_string_length: int = Field(
         4096, ge=16, description="longest string accepted anywhere in a job spec (422 otherwise)."
