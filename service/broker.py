@@ -147,3 +147,62 @@ def dispatch(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
         repo.mark_unsent(job.id)
         return False
     return True
+
+
+class Dispatcher:
+    """Sends the wake-up messages of submitted jobs off the request path. The jobs row is the
+    outbox entry (queued, `enqueued_at` NULL): a submit stores it and pokes the dispatcher, whose
+    thread sends every unsent job at once (and every `interval_s` anyway). Several API processes
+    each run one; `claim_send` lets exactly one of them send a job. A send that fails unmarks the
+    job and ends the pass: the next poke, pass or the reaper sends it."""
+
+    def __init__(self, repo: JobRepo, broker: Broker, interval_s: float = 1.0):
+        self.repo, self.broker, self.interval_s = repo, broker, interval_s
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pass = threading.Lock()  # one pass at a time: a drain() returns after any in flight
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sgmim-dispatcher", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            try:
+                self.drain()
+            except Exception:
+                log.exception("dispatcher pass failed (the next pass or the reaper retries)")
+
+    def drain(self) -> int:
+        """Send every unsent queued job; returns how many were sent."""
+        with self._pass:
+            return self._drain()
+
+    def _drain(self) -> int:
+        sent = 0
+        while not self._stop.is_set():
+            jobs = self.repo.unsent_queued()
+            if not jobs:
+                return sent
+            for job in jobs:
+                if not self.repo.claim_send(job.id):
+                    continue
+                try:
+                    self.broker.enqueue(job.id, job.queue, job.priority)
+                except Exception as exc:
+                    log.warning("job %s: wake-up message not sent (retried later): %s", job.id, exc)
+                    self.repo.mark_unsent(job.id)
+                    return sent
+                sent += 1
+        return sent

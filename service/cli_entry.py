@@ -111,6 +111,7 @@ def run_server(
         # open SSE streams would otherwise hold a graceful shutdown until the jobs end
         uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)
         uvicorn_kwargs.setdefault("timeout_keep_alive", settings.keep_alive_s)
+        uvicorn_kwargs.setdefault("access_log", settings.access_log)
         if settings.api_workers > 1:
             # uvicorn starts each process from the import string (the app factory reads the
             # settings from the environment, which the processes inherit)

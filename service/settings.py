@@ -95,6 +95,7 @@ class Settings(BaseSettings):
         "database pool. SSE streams read from the database, so they stay exactly-once whichever "
         "process serves them.",
     )
+    access_log: bool = Field(True, description="uvicorn's access log of `sgmim serve`.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request bodies larger than this get 413.")
     max_string_length: int = Field(
         4096, ge=16, description="longest string accepted anywhere in a job spec (422 otherwise)."

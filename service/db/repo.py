@@ -321,6 +321,26 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo):
             queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
             s.execute(update(Job).where(queued).values(enqueued_at=utcnow()))
 
+    def claim_send(self, job_id: str) -> bool:
+        """Mark an unsent queued job as being sent; False when another process marked it first
+        (or it is no longer queued), so that of several dispatchers exactly one sends it."""
+        with self.db.write() as s:
+            unsent = (Job.id == job_id) & (Job.status == JobStatus.QUEUED) & Job.enqueued_at.is_(None)
+            return s.execute(update(Job).where(unsent).values(enqueued_at=utcnow())).rowcount == 1
+
+    def unsent_queued(self, limit: int = 200) -> list[QueuedJob]:
+        """Queued jobs whose wake-up message was never sent (the outbox), highest priority first."""
+        with self.db.read() as s:
+            return [
+                QueuedJob(r.id, r.queue, r.priority, r.enqueued_at)
+                for r in s.execute(
+                    select(Job.id, Job.queue, Job.priority, Job.enqueued_at)
+                    .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+                    .order_by(Job.priority.desc(), Job.id)
+                    .limit(limit)
+                )
+            ]
+
     def mark_unsent(self, job_id: str) -> None:
         """Sending the job's message failed: let the reaper send it."""
         with self.db.write() as s:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.broker import Broker, dispatch
 from service.db.base import sha256_hex
 from service.db.repo import JobRepo, SubmitResult
-from service.deps import BrokerDep, RepoDep, SettingsDep
+from service.deps import BrokerDep, DispatcherDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
 from service.routes.common import AUTH, CONFLICT, INVALID, NOT_FOUND, JobIdDep, check_strings, decode_body
@@ -50,6 +50,7 @@ async def submit_job(
     response: Response,
     repo: RepoDep,
     broker: BrokerDep,
+    dispatcher: DispatcherDep,
     settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
@@ -60,8 +61,8 @@ async def submit_job(
         ),
     ] = None,
 ) -> JobOut:
-    """Validate the spec, check its parent, store the job as `queued` and send the wake-up
-    message (it carries only the job id). 201 with the job."""
+    """Validate the spec, check its parent, store the job as `queued` and have the dispatcher
+    send the wake-up message (it carries only the job id) right after. 201 with the job."""
     data = decode_body(await request.body())
     if not isinstance(data, dict):
         raise SpecValidationError([("", "a job spec must be a JSON object")], "model_type")
@@ -70,6 +71,8 @@ async def submit_job(
         key_hash = sha256_hex(idempotency_key)
         body_hash = sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
+    if result.created:
+        dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = f"{request.url.path.rstrip('/')}/{result.job.id}"
     return JobOut.from_row(result.job)
@@ -78,7 +81,7 @@ async def submit_job(
 def _submit(
     data: dict, key_hash: str | None, body_hash: str | None, repo: JobRepo, broker: Broker, settings: Settings
 ) -> SubmitResult:
-    """Validate, check the parent, store, send: one worker thread per request."""
+    """Validate, check the parent, store: one worker thread per request."""
     check_strings(data, settings.max_string_length)
     spec = parse_spec(data)
     outside = paths_outside(spec, settings.allowed_data_roots(), resolve=False)
@@ -95,8 +98,6 @@ def _submit(
         body_hash=body_hash,
         idempotency_ttl_s=settings.idempotency_ttl_s,
     )
-    if result.created:
-        dispatch(repo, broker, result.job)
     return result
 
 

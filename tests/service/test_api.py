@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import io
 import json
 import tarfile
@@ -493,10 +494,11 @@ def test_reaper_requeues_lost_jobs_and_resends_lost_messages(api: Api):
     settings = api.settings.model_copy(update={"stale_heartbeat_s": 0.0, "unclaimed_requeue_s": 3600})
     from sqlalchemy import update
 
-    from service.db.models import Job
+    from service.db.models import Job, utcnow
 
-    with api.repo.db.write() as s:  # as if its message had never been sent
-        s.execute(update(Job).where(Job.id == unsent).values(enqueued_at=None))
+    api.messages()  # every submit's message is out
+    with api.repo.db.write() as s:  # as if its message had been lost two hours ago
+        s.execute(update(Job).where(Job.id == unsent).values(enqueued_at=utcnow() - dt.timedelta(hours=2)))
     before = len(api.messages())
     report = reap_once(api.repo, api.client.app.state.broker, settings)
     assert report.requeued == [lost]
