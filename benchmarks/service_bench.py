@@ -370,7 +370,7 @@ def main() -> None:
     ap.add_argument("--pg-admin-url", default=PG_ADMIN)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--api-workers", type=int, default=2, help="API processes (SGMIM_API_WORKERS)")
+    ap.add_argument("--api-workers", type=int, default=1, help="API processes (SGMIM_API_WORKERS)")
     args = ap.parse_args()
 
     load_before = os.getloadavg()[0]
