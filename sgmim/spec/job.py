@@ -5,6 +5,7 @@ the schema of `config`. Unknown keys are rejected everywhere and every error nam
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -112,6 +113,25 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
 
 
+class SpecLoader(yaml.SafeLoader):
+    """YAML as people (and json.dumps) write numbers: PyYAML follows YAML 1.1, where `1e-6` and
+    `1e-06` (no dot) are strings, which the strict schema would refuse."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def error_path(loc: tuple[Any, ...]) -> str:
     """pydantic's location without the union tag: ('pretrain', 'config', 'optim', 'base_lr')
     → 'config.optim.base_lr'."""
@@ -172,7 +192,7 @@ def apply_overrides(data: dict, assignments: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise SpecError([(key, f"--set {assignment!r}: {part} is not a mapping")])
             node = child
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = yaml.load(raw, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     return data
 
 
@@ -180,7 +200,7 @@ def read_spec_data(path: str | Path) -> dict:
     """A spec file decoded but not validated (so that overrides can apply first)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     except OSError as exc:
         raise SpecError([("", f"cannot read {path}: {exc.strerror}")]) from None
     except yaml.YAMLError as exc:

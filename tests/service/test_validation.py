@@ -72,3 +72,18 @@ def test_the_openapi_schema_states_the_rules(api: Api):
     assert name["maxLength"] == 128 and "\\x00-\\x1f" in name["pattern"]
     root = schemas["PretrainDataConfig"]["properties"]["root"]["anyOf"][0]
     assert root["pattern"] == "^[^\\u0000]*$" and root["maxLength"] == api.settings.max_string_length
+
+
+def test_spec_files_read_numbers_as_written(tmp_path):
+    from sgmim.spec import dump_spec, load_spec
+
+    spec = parse_spec(pretrain(schedule={"steps": 3}, optim={"eps": 1e-8, "warmup_lr": 1e-6}))
+    path = tmp_path / "spec.json"
+    path.write_text(dump_spec(spec))  # json.dumps writes 1e-08: a string to plain YAML 1.1
+    assert load_spec(path).config.optim.eps == 1e-8
+    yaml_file = tmp_path / "spec.yaml"
+    yaml_file.write_text("kind: pretrain\nname: y\nconfig:\n  optim: {eps: 1e-8, base_lr: 2e-4}\n"
+                         "  schedule: {steps: 3}\n")
+    loaded = load_spec(yaml_file, ["config.optim.min_lr=1e-7"])
+    optim = loaded.config.optim
+    assert (optim.eps, optim.base_lr, optim.min_lr) == (1e-8, 2e-4, 1e-7)
