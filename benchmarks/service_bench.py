@@ -78,24 +78,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, db_url: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(data_dir: Path, db_url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
+    """`sgmim serve` (python -m service) with `workers` API processes, access log off."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGMIM_")}
-    env.update(SGMIM_DATA_DIR=str(data_dir), SGMIM_DATABASE_URL=db_url)
+    env.update(SGMIM_DATA_DIR=str(data_dir), SGMIM_DATABASE_URL=db_url, SGMIM_API_WORKERS=str(workers),
+               SGMIM_ACCESS_LOG="false")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
     )
@@ -293,8 +283,18 @@ def bench_query(job_id: str, limit: int) -> dict[str, float]:
 
 
 def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server: the process and its children (the API worker processes)."""
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def machine() -> str:
@@ -335,10 +335,11 @@ def write_results(path: Path, db: str, rows: list[tuple[str, str, str]], notes: 
         [
             header,
             "",
-            "`.venv/bin/python benchmarks/service_bench.py --db sqlite|postgres`. One uvicorn process",
-            "(one worker), embedded filesystem broker; the load generator (threads, keep-alive http.client)",
-            "shares the same cores. Submit/list/query go through HTTP; ingest is the worker's write path",
-            "(`JobRepo.append_metrics`, batches of 500 points, straight to the database).",
+            "`.venv/bin/python benchmarks/service_bench.py --db sqlite|postgres`. `sgmim serve` with",
+            "`--api-workers` API processes (each note says how many; access log off), embedded filesystem",
+            "broker, wake-up messages sent by the dispatcher; the load generator (threads, keep-alive",
+            "http.client) shares the same cores. Submit/list/query go through HTTP; ingest is the worker's",
+            "write path (`JobRepo.append_metrics`, batches of 500 points, straight to the database).",
             "",
             "| machine | date | db | metric | value | target |",
             "|---|---|---|---|---|---|",
@@ -369,6 +370,7 @@ def main() -> None:
     ap.add_argument("--pg-admin-url", default=PG_ADMIN)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--api-workers", type=int, default=1, help="API processes (SGMIM_API_WORKERS)")
     args = ap.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -386,7 +388,7 @@ def main() -> None:
     db = Database(url)
     migrate.upgrade(db.engine)
     repo = JobRepo(db)
-    proc, PORT = start_server(data_dir, url)
+    proc, PORT = start_server(data_dir, url, args.api_workers)
     results: dict[str, dict[str, float]] = {}
     try:
         print("warm-up ...", flush=True)
@@ -483,6 +485,7 @@ def main() -> None:
         f"closed loop: {sc['n']:.0f} submits, each client sends its next request when the last "
         "answered, so latency includes queueing behind the other clients (≈ clients / throughput);",
         f"open loop: {sp['n']:.0f} submits on a fixed schedule, latency from the scheduled time;",
+        f"{args.api_workers} API process(es);",
         f"1-minute load average {load_before:.1f} before the run, {load_after:.1f} after"
         + (" (above the core count: other processes shared the CPU)." if busy else "."),
     ]

@@ -146,6 +146,11 @@ class QueuedJob(Protocol):
     nodes: int
 
 
+def needs_gang(broker: Broker, job: QueuedJob) -> bool:
+    """A multi-node job placed on registered workers (not launched over SSH by one worker)."""
+    return job.nodes > 1 and broker.settings.multinode_launcher == "workers"
+
+
 def dispatch(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
     """Send a queued job's wake-up message: mark it sent, send, and unmark it if the send fails.
     A multi-node job (with `multinode_launcher` workers) is placed instead (`place_gang`).
@@ -155,7 +160,7 @@ def dispatch(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
     stored job is never stranded by a broker that was down. A process that dies between the
     mark and the send leaves a mark older than `unclaimed_requeue_s`, which the reaper resends
     too. A message that arrives twice only fails its second claim."""
-    if job.nodes > 1 and broker.settings.multinode_launcher == "workers":
+    if needs_gang(broker, job):
         return place_gang(repo, broker, job)
     repo.mark_enqueued(job.id)
     try:
@@ -191,3 +196,66 @@ def place_gang(repo: JobRepo, broker: Broker, job: QueuedJob) -> bool:
         except Exception as exc:
             log.warning("job %s: node %d's message was not sent: %s", job.id, node.node_rank, exc)
     return True
+
+
+class Dispatcher:
+    """Sends the wake-up messages of submitted jobs off the request path. The jobs row is the
+    outbox entry (queued, `enqueued_at` NULL): a submit stores it and pokes the dispatcher, whose
+    thread sends every unsent job at once (and every `interval_s` anyway). Several API processes
+    each run one; `claim_send` lets exactly one of them send a job. A send that fails unmarks the
+    job and ends the pass: the next poke, pass or the reaper sends it."""
+
+    def __init__(self, repo: JobRepo, broker: Broker, interval_s: float = 1.0):
+        self.repo, self.broker, self.interval_s = repo, broker, interval_s
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pass = threading.Lock()  # one pass at a time: a drain() returns after any in flight
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sgmim-dispatcher", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            try:
+                self.drain()
+            except Exception:
+                log.exception("dispatcher pass failed (the next pass or the reaper retries)")
+
+    def drain(self) -> int:
+        """Send every unsent queued job; returns how many were sent."""
+        with self._pass:
+            return self._drain()
+
+    def _drain(self) -> int:
+        sent, tried = 0, set()
+        while not self._stop.is_set():
+            jobs = [job for job in self.repo.unsent_queued() if job.id not in tried]
+            if not jobs:
+                return sent
+            for job in jobs:
+                tried.add(job.id)  # a gang that waits for workers stays unsent: once per pass
+                if needs_gang(self.broker, job):
+                    sent += place_gang(self.repo, self.broker, job)
+                    continue
+                if not self.repo.claim_send(job.id):
+                    continue
+                try:
+                    self.broker.enqueue(job.id, job.queue, job.priority)
+                except Exception as exc:
+                    log.warning("job %s: wake-up message not sent (retried later): %s", job.id, exc)
+                    self.repo.mark_unsent(job.id)
+                    return sent
+                sent += 1
+        return sent

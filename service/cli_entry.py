@@ -6,6 +6,12 @@
 
 It applies the migrations, refuses a non-loopback address unless a token is configured
 (SGMIM_API_TOKENS, SGMIM_TOKEN_FILE or an active row of api_tokens), then runs uvicorn.
+
+The embedded worker never outlives the server: SIGTERM or Ctrl-C stops the server and then the
+worker (uvicorn re-raises the signal it caught once it has shut down; SIGTERM's handler here
+turns that into SystemExit, so the worker is stopped before the process ends), and a server
+killed outright takes the worker with it (PR_SET_PDEATHSIG in the worker, and in its pool
+children, see worker/tasks.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from service.db import migrate
 from service.db.repo import JobRepo
 from service.db.session import Database
 from service.settings import Settings
+from sgmim.train.launch import die_with_parent
 
 log = logging.getLogger("service")
 
@@ -64,7 +71,23 @@ def start_worker(settings: Settings, queues: list[str] | None = None) -> subproc
     if settings.artifact_root:
         env["SGMIM_ARTIFACT_ROOT"] = str(settings.artifact_root)
     cmd = [sys.executable, "-m", "worker", "--queues", ",".join(queues), "--concurrency", "1"]
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives each API process these settings; migrations already ran."""
+    env = {"SGMIM_MIGRATE_ON_START": "false"}
+    for name in settings.model_fields_set - {"migrate_on_start"}:
+        value = getattr(settings, name)
+        if isinstance(value, list):
+            env["SGMIM_" + name.upper()] = ",".join(map(str, value))
+        elif value is not None:
+            env["SGMIM_" + name.upper()] = str(value)
+    return env
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_server(
@@ -83,10 +106,20 @@ def run_server(
     port = settings.port if port is None else port
     prepare(settings, host)
     worker = start_worker(settings) if with_worker else None
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         # open SSE streams would otherwise hold a graceful shutdown until the jobs end
         uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)
-        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False, **uvicorn_kwargs)
+        uvicorn_kwargs.setdefault("timeout_keep_alive", settings.keep_alive_s)
+        uvicorn_kwargs.setdefault("access_log", settings.access_log)
+        if settings.api_workers > 1:
+            # uvicorn starts each process from the import string (the app factory reads the
+            # settings from the environment, which the processes inherit)
+            os.environ.update(settings_environment(settings))
+            uvicorn.run("service.main:create_app", factory=True, host=host, port=port, proxy_headers=False,
+                        workers=settings.api_workers, **uvicorn_kwargs)
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=False, **uvicorn_kwargs)
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()

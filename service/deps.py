@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.broker import Broker
+from service.broker import Broker, Dispatcher
 from service.db.repo import JobRepo
 from service.db.session import Database
 from service.settings import Settings
@@ -38,8 +38,13 @@ async def get_broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
+async def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RepoDep = Annotated[JobRepo, Depends(get_repo)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

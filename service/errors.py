@@ -62,11 +62,18 @@ async def _spec(_: Request, exc: SpecValidationError) -> JSONResponse:
 
 
 async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
-    return JSONResponse({"detail": field_errors(exc.errors)}, status_code=422)
+    detail = [
+        error
+        for pair, type_ in zip(exc.errors, exc.types, strict=True)
+        for error in field_errors([pair], type_)
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _parent(_: Request, exc: ParentError) -> JSONResponse:
-    return JSONResponse({"detail": field_errors([(exc.path, exc.message)], "parent_error")}, status_code=422)
+    # 409: the spec is valid; it conflicts with the state of the job it names (missing, not
+    # succeeded, another kind, no such checkpoint), which no schema can state
+    return JSONResponse({"detail": field_errors([(exc.path, exc.message)], "parent_error")}, status_code=409)
 
 
 async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import errors
 from service.auth import AuthState
-from service.broker import Broker
+from service.broker import Broker, Dispatcher
 from service.db import migrate
 from service.db.repo import JobRepo
 from service.db.session import Database
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry.attach(repo, broker, settings.default_queue)
         settings.resolved_artifact_root.mkdir(parents=True, exist_ok=True)
         app.state.db, app.state.repo, app.state.broker = db, repo, broker
+        app.state.dispatcher = dispatcher = Dispatcher(repo, broker)
+        dispatcher.start()
         # Importing sgmim (torch, timm) leaves ~0.5 M long-lived objects; a full collection then
         # takes ~200 ms and lands on some request. Move them out of the collector's sight.
         gc.collect()
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
+        dispatcher.stop()
         broker.close()
         db.dispose()
 
@@ -110,10 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(api_router)
     install_web(app)
-    install_openapi(app)
+    install_openapi(app, settings.max_string_length)
     # Added last = outermost: metrics see every answer, auth runs before the body is read.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(TokenAuthMiddleware, auth=auth)
+    app.add_middleware(TokenAuthMiddleware, auth=auth, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, telemetry=telemetry)
     return app
 

@@ -1,5 +1,6 @@
 """Pure ASGI middlewares (they do not buffer streaming responses): request metrics, bearer
-(or dashboard session cookie) auth with cross-site request refusal, request body size limit."""
+(or dashboard session cookie) auth with cross-site request refusal and, without tokens, the
+loopback mode's guards; request body size limit."""
 
 from __future__ import annotations
 
@@ -12,13 +13,46 @@ from starlette.exceptions import HTTPException
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, AuthState, is_non_loopback_ip, same_origin
+from service.auth import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    AuthState,
+    is_loopback,
+    is_non_loopback_ip,
+    same_origin,
+)
 
 # signing in and out, and the dashboard's assets (public libraries and our own CSS/JS) need no token
 OPEN_PATHS = frozenset({"/healthz", "/signin", "/signout", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/", "/vendor/")
 API_PREFIX = "/api/v1"
 CHALLENGE = {"www-authenticate": 'Bearer realm="sgmim"'}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _hostname(host: str) -> str:
+    """`127.0.0.1:8000` -> `127.0.0.1`, `[::1]:8000` -> `::1`, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def has_json_body(scope: Scope) -> bool:
+    """True unless the request carries a body that is not declared JSON."""
+    length = _header(scope, b"content-length")
+    chunked = (_header(scope, b"transfer-encoding") or "").lower() == "chunked"
+    if not chunked and (length is None or length.strip() in ("", "0")):
+        return True
+    kind = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 async def send_json(
@@ -112,11 +146,35 @@ class TokenAuthMiddleware:
     tokens are configured; a browser signed in through the dashboard presents the token in the
     session cookie instead, and its unsafe requests must carry the X-SGMIM-CSRF header and a
     same-origin Origin. An unsafe request whose Origin is another site is refused (403) in any
-    case. Without tokens, a request that reached the server on a non-loopback address is refused
-    (403): the server must not be exposed unauthenticated, however it was started."""
+    case. Without tokens (the loopback mode) a browser on the same machine is the threat, so:
+    - a request that reached the server on a non-loopback address is refused (403);
+    - the Host header must name a loopback host, the address the server listens on, or one of
+      `allowed_hosts` (400 otherwise: DNS rebinding);
+    - a state-changing request whose Origin is not the server's own is refused (403);
+    - a body must be JSON (415: a cross-site `text/plain` form post needs no preflight).
+    Same-origin pages (the dashboard at /) keep working: their Origin is the Host they load from."""
 
-    def __init__(self, app: ASGIApp, auth: AuthState):
+    def __init__(self, app: ASGIApp, auth: AuthState, allowed_hosts: list[str] | None = None):
         self.app, self.auth = app, auth
+        self.allowed_hosts = frozenset(h.strip().lower() for h in allowed_hosts or [] if h.strip())
+
+    def _loopback_refusal(self, scope: Scope) -> tuple[int, str] | None:
+        server = scope.get("server")
+        host = _header(scope, b"host") or ""
+        name = _hostname(host)
+        bound = str(server[0]).lower() if server else None
+        # no Host at all: not a browser (they always send one), so not a rebinding attack
+        if name and not (is_loopback(name) or name == bound or name in self.allowed_hosts):
+            return 400, (f"Host {host[:100]!r} is not served without an API token; use 127.0.0.1 or "
+                         "localhost, or add the name to SGMIM_ALLOWED_HOSTS")
+        if scope.get("method", "GET") in SAFE_METHODS:
+            return None
+        origin = _header(scope, b"origin")
+        if origin is not None and origin.split("://", 1)[-1].rstrip("/").lower() != host.strip().lower():
+            return 403, "cross-origin requests that change state are refused without an API token"
+        if not has_json_body(scope):
+            return 415, "request bodies must be JSON (Content-Type: application/json)"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,6 +200,10 @@ class TokenAuthMiddleware:
                         "answers on loopback addresses; set SGMIM_API_TOKENS"
                     },
                 )
+                return
+            refusal = self._loopback_refusal(scope)
+            if refusal is not None:
+                await send_json(send, refusal[0], {"detail": refusal[1]})
                 return
             await self.app(scope, receive, send)
             return

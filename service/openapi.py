@@ -74,9 +74,26 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
-def job_spec_components() -> dict[str, Any]:
-    """JobSpec and its parts as OpenAPI components."""
+# What `check_strings` enforces on every string of a submitted spec, stated in the schema.
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _bound_strings(node: Any, max_length: int) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "enum" not in node and "const" not in node:
+            node.setdefault("pattern", NO_NUL)
+            node["maxLength"] = min(node.get("maxLength", max_length), max_length)
+        for value in node.values():
+            _bound_strings(value, max_length)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_strings(value, max_length)
+
+
+def job_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
+    """JobSpec and its parts as OpenAPI components, with the API's string limits."""
     schema = copy.deepcopy(spec_json_schema())
+    _bound_strings(schema, max_string_length)
     defs = schema.pop("$defs", {})
     components = {name: _rewrite_refs(body) for name, body in defs.items()}
     top = _rewrite_refs(schema)
@@ -107,7 +124,7 @@ SUBMIT_BODY: dict[str, Any] = {
 }
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, max_string_length: int = 4096) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
@@ -119,7 +136,7 @@ def install_openapi(app: FastAPI) -> None:
             tags=app.openapi_tags,
         )
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        for name, body in job_spec_components().items():
+        for name, body in job_spec_components(max_string_length).items():
             if name in schemas and schemas[name] != body:
                 raise RuntimeError(f"OpenAPI component {name} defined twice")
             schemas[name] = body

@@ -179,11 +179,13 @@ class MetricPoint(BaseModel):
     name: str
     value: float | None = Field(description="null: NaN or infinite")
     time: float = Field(description="unix time, seconds")
+    attempt: int | None = Field(None, description="the attempt that wrote the point")
 
     @classmethod
     def from_row(cls, m: Any) -> MetricPoint:
         return cls.model_construct(
-            seq=m.seq, step=m.step, epoch=m.epoch, name=m.name, value=finite_or_none(m.value), time=m.time
+            seq=m.seq, step=m.step, epoch=m.epoch, name=m.name, value=finite_or_none(m.value), time=m.time,
+            attempt=m.attempt,
         )
 
 
@@ -249,16 +251,17 @@ class ErrorOut(BaseModel):
     detail: str | list[Any] | dict[str, Any]
 
 
-class ConflictOut(BaseModel):
-    detail: str
-    status: JobStatus | None = Field(None, description="the job's current status")
-    job_id: str | None = None
-
-
 class FieldErrorOut(BaseModel):
     loc: list[str | int]
     msg: str
     type: str
+
+
+class ConflictOut(BaseModel):
+    detail: str | list[FieldErrorOut] = Field(
+        description="what conflicts; for a parent problem, the field path and why")
+    status: JobStatus | None = Field(None, description="the job's current status")
+    job_id: str | None = None
 
 
 class ValidationErrorOut(BaseModel):

@@ -13,6 +13,7 @@ different working directories share one database, broker folder and artifact roo
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +58,19 @@ class Settings(BaseSettings):
         "token_file or in the api_tokens table at start), every route but /healthz "
         "needs `Authorization: Bearer <token>`.",
     )
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated folders that the data paths of a job spec (data.root, split "
+        "files, init_path) must lie under, checked at submit (422 naming the field) and again by "
+        "the worker with symlinks resolved; the artifact root is always allowed. Default: the "
+        "user's home and data_dir (the embedded mode). Set it in deployment, e.g. /datasets.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="without tokens (loopback mode): comma-separated host names the Host header "
+        "may carry besides loopback names and addresses and the address the server listens on "
+        "(DNS rebinding protection).",
+    )
     token_file: Path | None = Field(
         None, description="file with one bearer token per line (blank lines and # comments ignored)."
     )
@@ -66,6 +80,22 @@ class Settings(BaseSettings):
         "is refused unless a token is configured.",
     )
     port: int = Field(8000, ge=0, le=65535, description="bind port of `run_server`.")
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="how long the server keeps an idle keep-alive connection open. Longer than "
+        "clients keep idle pooled connections (httpx: 5 s, browsers about 60 s): with the old 5 s "
+        "a request sent on a pooled connection just as the server closed it got no response.",
+    )
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes of `sgmim serve` (uvicorn --workers); each has its own "
+        "database pool. SSE streams read from the database, so they stay exactly-once whichever "
+        "process serves them.",
+    )
+    access_log: bool = Field(True, description="uvicorn's access log of `sgmim serve`.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request bodies larger than this get 413.")
     max_string_length: int = Field(
         4096, ge=16, description="longest string accepted anywhere in a job spec (422 otherwise)."
@@ -187,7 +217,7 @@ class Settings(BaseSettings):
     )
     migrate_on_start: bool = Field(True, description="apply Alembic migrations when the app starts.")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "data_roots", "allowed_hosts", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
@@ -224,6 +254,12 @@ class Settings(BaseSettings):
 
     def run_dir(self, job_id: str) -> Path:
         return self.resolved_artifact_root / "jobs" / job_id
+
+    def allowed_data_roots(self) -> list[Path]:
+        """Where a spec's data paths may point: data_roots (default: home and data_dir) and the
+        artifact root (another job's export as an init file)."""
+        roots = self.data_roots or [Path.home(), self.data_dir]
+        return [Path(os.path.abspath(root.expanduser())) for root in [*roots, self.resolved_artifact_root]]
 
     @cached_property
     def configured_tokens(self) -> list[str]:

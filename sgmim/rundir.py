@@ -34,6 +34,9 @@ EXPORT_DIR = "export"
 ENCODER_EXPORT = f"{EXPORT_DIR}/encoder.safetensors"
 MODEL_EXPORT = f"{EXPORT_DIR}/model.safetensors"
 WORKER_STATE = ".worker-state.json"
+# an attempt's outcome the worker could not record yet: the next attempt records it instead of
+# running the job again
+PENDING_OUTCOME = ".worker-outcome.json"
 
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 

@@ -21,3 +21,9 @@ def test_both_encoder_sections_share_one_base():
                              depths=[1, 1, 2, 1])
     finetune = FinetuneEncoderConfig(img_size=64, window_size=4, depths=[1, 1, 2, 1], drop_path_rate=0.0)
     assert pretrain.timm_kwargs() == {**finetune.overrides(), "num_classes": 0}
+
+
+def test_the_shipped_timm_names_are_the_installed_timm_registry():
+    from sgmim.spec.timm_names import TIMM_NAMES, registry_names
+
+    assert list(TIMM_NAMES) == registry_names(), "regenerate with `python -m sgmim.spec.timm_names`"

@@ -30,8 +30,13 @@ It owns the attempt's processes from launch to exit and keeps the database true 
    same way and return without writing to the job.
 5. Exit: final tail flush (the supervisor's own last lines included) BEFORE the terminal
    status, since a live SSE stream closes on it; exit 0 records the export(s) and `eval.json`
-   and ends `succeeded`; anything else ends `failed` with "trainer exited with code N
-   (meaning)" and the last lines of `train.log`.
+   and ends `succeeded`; a launcher killed by a signal (the OOM killer, a node's SIGKILL) is
+   treated like a lost worker: the job is queued again while `max_restarts` allows (the
+   reaper sends it), else `failed`, the error naming the signal; anything else ends `failed`
+   with "trainer exited with code N (meaning)" and the last lines of `train.log`.
+6. An outcome is written to `.worker-outcome.json` before it is recorded and removed once it
+   is; when recording fails for good (the database is gone), the reaper requeues the job and
+   the next attempt records that outcome instead of running the job again.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from service.settings import Settings
 from sgmim import rundir
 from sgmim.rundir import exit_meaning
 from sgmim.spec import AnyJob, SpecError, parse_spec
+from sgmim.spec.paths import paths_outside
 from sgmim.status import JobStatus
 from sgmim.train.launch import die_with_parent, environment, gpu_count
 from worker import procs
@@ -77,6 +83,7 @@ CANCEL_POLL_S = 1.0
 CHECKPOINT_POLL_S = 2.0
 BATCH = 2000  # rows per append
 ERROR_LOG_LINES = 20
+RECORD_RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between tries to record an outcome
 EXPORTS = (  # (checkpoint name, kind, path in the run dir)
     ("encoder", "encoder", rundir.ENCODER_EXPORT),  # pretraining
     ("model", "model", rundir.MODEL_EXPORT),  # fine-tuning: encoder + head
@@ -160,6 +167,10 @@ class Supervisor:
         state = read_json(self.state_path) or {}
         self.metrics_tail = LineTail(self.run_dir / rundir.METRICS, int(state.get("metrics_offset", 0)))
         self.log_tail = LineTail(self.log_path, int(state.get("log_offset", 0)))
+        pending = read_json(self.run_dir / rundir.PENDING_OUTCOME)
+        if isinstance(pending, dict) and self._is_pending(pending):
+            return self._record_pending(pending)
+        (self.run_dir / rundir.PENDING_OUTCOME).unlink(missing_ok=True)
         self.recorded = {c.name for c in self.repo.checkpoints(self.job_id) if c.kind == "deepspeed"}
         try:
             job = self.repo.get(self.job_id)
@@ -183,6 +194,9 @@ class Supervisor:
             spec = parse_spec(copy.deepcopy(stored))
         except SpecError as exc:
             raise LaunchError(f"the stored job spec no longer validates: {exc}") from None
+        outside = paths_outside(spec, self.settings.allowed_data_roots(), resolve=True)
+        if outside:
+            raise LaunchError("; ".join(f"{field}: {message}" for field, message in outside))
         if spec.kind in PARENT_ARTIFACT and spec.config.init == "parent":
             config = spec.config.model_copy(update={"init_path": str(self.parent_artifact(spec))})
             spec = spec.model_copy(update={"config": config})
@@ -460,6 +474,8 @@ class Supervisor:
         self._pump(final=True)
         self._db(self.sync_checkpoints)
         error = reason + (":\n" + "\n".join(tail) if tail else "")
+        if code < 0:  # killed from outside, not a failure of the run: like a lost worker
+            return self._requeue(error)
         return self._finish(JobStatus.FAILED, error)
 
     def record_results(self) -> None:
@@ -476,42 +492,78 @@ class Supervisor:
             self._log_line("eval.json is not a JSON object: not recorded")
 
     def _finish(self, status: JobStatus, error: str | None) -> str:
-        """Record the outcome (a few tries: a database hiccup must not lose it). "lost" when
-        this attempt no longer owns the job."""
-        for delay in (0.5, 1, 2, 4, 8, 0):
+        """Record the outcome; "lost" when this attempt no longer owns the job, "error" when the
+        database refused it on every try (the pending outcome file stays for the next attempt)."""
+
+        def record(text: str | None) -> str:
+            owned = self.repo.finish_job(self.job_id, self.attempt, status, text, self.progress())
+            return status if owned else "lost"
+
+        return self._record(status, error, record)
+
+    def _requeue(self, error: str) -> str:
+        """Queue the job again like a lost worker (within max_restarts): "queued", "failed",
+        "cancelled" (a cancel was under way), or "lost"."""
+        log.warning("job %s attempt %d: %s; queued again if restarts remain", self.job_id, self.attempt,
+                    error.splitlines()[0])
+
+        def record(text: str | None) -> str:
+            return self.repo.requeue(self.job_id, text or "", attempt=self.attempt) or "lost"
+
+        return self._record(JobStatus.QUEUED, error, record)
+
+    def _record(self, status: JobStatus, error: str | None, record: Callable[[str | None], str]) -> str:
+        """Write the outcome to the pending file, then record it (a few tries: a database hiccup
+        must not lose it, and a refused text must not hide it: later tries send the text as
+        ASCII); the pending file goes once the database has the outcome."""
+        pending = self.run_dir / rundir.PENDING_OUTCOME
+        with contextlib.suppress(OSError):
+            write_json_atomic(pending, {"attempt": self.attempt, "status": str(status), "error": error})
+        text = error
+        for delay in (*RECORD_RETRY_DELAYS, None):
             try:
-                owned = self.repo.finish_job(self.job_id, self.attempt, status, error, self.progress())
-            except JobNotFound:
-                log.warning("job %s: gone from the database; %s not recorded", self.job_id, status)
-                return "lost"
-            except InvalidTransition as exc:
+                outcome = record(text)
+            except (JobNotFound, InvalidTransition) as exc:
                 log.warning("job %s attempt %d: cannot record %s: %s", self.job_id, self.attempt, status, exc)
-                return "lost"
+                outcome = "lost"
             except Exception:
-                if not delay:
+                if delay is None:
                     log.exception(
-                        "job %s attempt %d: could not record %s; the reaper will recover it",
+                        "job %s attempt %d: could not record %s; the next attempt records it",
                         self.job_id,
                         self.attempt,
                         status,
                     )
                     return "error"
-                log.warning(
-                    "job %s attempt %d: finish_job failed; retrying", self.job_id, self.attempt, exc_info=True
-                )
+                log.warning("job %s attempt %d: recording %s failed; retrying", self.job_id, self.attempt,
+                            status, exc_info=True)
+                text = None if error is None else error.encode("ascii", "backslashreplace").decode("ascii")
                 time.sleep(delay)
                 continue
-            if not owned:
-                log.warning(
-                    "job %s attempt %d: ended %s, but the attempt no longer owns the job",
-                    self.job_id,
-                    self.attempt,
-                    status,
-                )
-                return "lost"
-            log.info("job %s attempt %d: %s", self.job_id, self.attempt, status)
-            return status
+            with contextlib.suppress(OSError):
+                pending.unlink(missing_ok=True)
+            if outcome == "lost":
+                log.warning("job %s attempt %d: ended %s, but the attempt no longer owns the job",
+                            self.job_id, self.attempt, status)
+            else:
+                log.info("job %s attempt %d: %s", self.job_id, self.attempt, outcome)
+            return outcome
         return "error"
+
+    def _is_pending(self, pending: dict[str, Any]) -> bool:
+        attempt, status = pending.get("attempt"), pending.get("status")
+        return (
+            attempt == self.attempt - 1
+            and status in (JobStatus.SUCCEEDED, JobStatus.FAILED)  # a cancel ends without a rerun
+        )
+
+    def _record_pending(self, pending: dict[str, Any]) -> str:
+        """An earlier attempt ended but could not record how: record that, run nothing."""
+        status = JobStatus(pending["status"])
+        error = pending.get("error") if isinstance(pending.get("error"), str) else None
+        self._log_line(f"attempt {pending['attempt']} ended {status} but could not record it: recorded now")
+        self._pump(final=True)
+        return self._finish(status, error)
 
     # --- helpers -------------------------------------------------------------------------------
 

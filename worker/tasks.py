@@ -51,7 +51,7 @@ from service.db.repo import JobRepo
 from service.queue import NODE_TASK_NAME, TASK_NAME
 from service.settings import Settings
 from sgmim.status import JobStatus
-from sgmim.train.launch import gpu_count
+from sgmim.train.launch import die_with_parent, gpu_count
 from worker.gang import GangSupervisor
 from worker.supervisor import Supervisor
 
@@ -80,6 +80,13 @@ def runtime() -> Runtime:
             settings = Settings()
             rt = _runtimes[pid] = Runtime(settings, open_repo(settings, migrate=False))
         return rt
+
+
+@worker_process_init.connect
+def _die_with_the_worker(**_kwargs: object) -> None:
+    """A pool child never outlives its worker (one killed with -9, or with its server): the run
+    it supervises dies with it (the trainer's own PR_SET_PDEATHSIG) and the reaper requeues it."""
+    die_with_parent()
 
 
 @worker_process_init.connect

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import RepoBase, bulk_insert, clean_text, finite_or_none, now_ts
@@ -17,7 +17,7 @@ from service.db.models import Job, LogLine, Metric, StatusEvent
 
 MAX_LOG_LINE = 16_384
 MAX_METRIC_NAME = 128
-_METRIC_COLUMNS = ("job_id", "seq", "name", "step", "epoch", "value", "time")
+_METRIC_COLUMNS = ("job_id", "seq", "name", "step", "epoch", "value", "time", "attempt")
 _LOG_COLUMNS = ("job_id", "seq", "time", "line")
 
 
@@ -60,18 +60,63 @@ class EventRepo(RepoBase):
     """Appends (the worker) and reads (the API) of a job's events."""
 
     def metrics(
-        self, job_id: str, *, names: Sequence[str] | None = None, after: int = 0, limit: int = 1000
+        self,
+        job_id: str,
+        *,
+        names: Sequence[str] | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        attempt: int | str = "latest",
     ) -> list[Any]:
-        """Points with seq > after in order: rows with .seq .step .epoch .name .value .time."""
-        stmt = select(Metric.seq, Metric.step, Metric.epoch, Metric.name, Metric.value, Metric.time).where(
-            Metric.job_id == job_id, Metric.seq > after
-        )
+        """Points with seq > after in order: rows with .seq .step .epoch .name .value .time
+        .attempt. `attempt`: "latest" gives the latest attempt's timeline (see
+        `_superseded_filter`), "all" every point, a number that attempt's."""
+        stmt = select(
+            Metric.seq, Metric.step, Metric.epoch, Metric.name, Metric.value, Metric.time, Metric.attempt
+        ).where(Metric.job_id == job_id, Metric.seq > after)
         if names:
             stmt = stmt.where(Metric.name.in_(list(names)))
-        stmt = stmt.order_by(Metric.seq).limit(limit)
         with self.db.read() as s:
             self._require(s, job_id)
-            return list(s.execute(stmt))
+            if attempt == "latest":
+                stmt = stmt.where(*self._superseded_filter(s, job_id))
+            elif attempt != "all":
+                stmt = stmt.where(Metric.attempt == int(attempt))
+            return list(s.execute(stmt.order_by(Metric.seq).limit(limit)))
+
+    def _superseded_filter(self, s: Session, job_id: str) -> list[Any]:
+        """Conditions leaving out the points a later attempt superseded: a resumed attempt
+        restarts at its checkpoint, so for each metric the points of an earlier attempt from the
+        first step a later attempt wrote onwards belong to an abandoned timeline. Nothing to
+        filter (no query) while only one attempt wrote points."""
+        attempts = s.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
+        if (attempts or 0) <= 1:
+            return []
+        first_steps = [
+            (attempt or 0, name, step)
+            for attempt, name, step in s.execute(
+                select(Metric.attempt, Metric.name, func.min(Metric.step))
+                .where(Metric.job_id == job_id, Metric.step.is_not(None))
+                .group_by(Metric.attempt, Metric.name)
+            )
+        ]
+        cut: dict[tuple[int, str], int] = {}
+        for attempt, name, step in first_steps:
+            for earlier, other, _ in first_steps:
+                if other == name and earlier < attempt:
+                    key = (earlier, name)
+                    cut[key] = min(cut.get(key, step), step)
+        if not cut:
+            return []
+        return [
+            ~or_(
+                *(
+                    and_(func.coalesce(Metric.attempt, 0) == attempt, Metric.name == name,
+                         Metric.step.is_not(None), Metric.step >= step)
+                    for (attempt, name), step in cut.items()
+                )
+            )
+        ]
 
     def events(self, job_id: str, after: int = 0, limit: int = 500) -> EventBatch:
         """Events with `after < seq <= last_seq`, in order.
@@ -123,6 +168,7 @@ class EventRepo(RepoBase):
                             "name": row.name,
                             "value": finite_or_none(row.value),
                             "time": row.time,
+                            "attempt": row.attempt,
                         },
                     )
                 )
@@ -181,7 +227,7 @@ class EventRepo(RepoBase):
             latest[r["name"]] = r["value"]
         with self.db.write() as s:
             cur = s.execute(
-                select(Job.last_seq, Job.last_metrics, Job.step, Job.epoch)
+                select(Job.last_seq, Job.last_metrics, Job.step, Job.epoch, Job.attempt)
                 .where(Job.id == job_id)
                 .with_for_update()
             ).one_or_none()
@@ -189,7 +235,7 @@ class EventRepo(RepoBase):
                 raise JobNotFound(job_id)
             first = int(cur.last_seq) + 1
             for i, r in enumerate(rows):
-                r["seq"] = first + i
+                r["seq"], r["attempt"] = first + i, cur.attempt or None
             merged = dict(cur.last_metrics or {})
             merged.update(latest)
             values: dict[str, Any] = {"last_seq": first + len(rows) - 1, "last_metrics": merged}

@@ -159,6 +159,8 @@ class Metric(Base):
     epoch: Mapped[float | None] = mapped_column(Float)
     value: Mapped[float | None] = mapped_column(Float, doc="NULL stands for NaN/inf")
     time: Mapped[float] = mapped_column(Float)
+    attempt: Mapped[int | None] = mapped_column(
+        Integer, doc="the attempt that wrote the point (NULL: recorded before migration 0003)")
 
     __table_args__ = (Index("ix_metrics_job_name_seq", "job_id", "name", "seq"),)
 

@@ -153,7 +153,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
         previous = job.status
         now = utcnow()
         if values.get("error") is not None:
-            values["error"] = clean_text(str(values["error"]))[:MAX_ERROR]
+            values["error"] = storable_error(values["error"])
         if target in TERMINAL:  # announced by service/notify.py
             values.update(notify_state="pending", notify_attempts=0, notify_next_at=None)
         seq = self._next_seq(s, job.id, 1)
@@ -334,6 +334,26 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
         with self.db.write() as s:
             queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
             s.execute(update(Job).where(queued).values(enqueued_at=utcnow()))
+
+    def claim_send(self, job_id: str) -> bool:
+        """Mark an unsent queued job as being sent; False when another process marked it first
+        (or it is no longer queued), so that of several dispatchers exactly one sends it."""
+        with self.db.write() as s:
+            unsent = (Job.id == job_id) & (Job.status == JobStatus.QUEUED) & Job.enqueued_at.is_(None)
+            return s.execute(update(Job).where(unsent).values(enqueued_at=utcnow())).rowcount == 1
+
+    def unsent_queued(self, limit: int = 200) -> list[QueuedJob]:
+        """Queued jobs whose wake-up message was never sent (the outbox), highest priority first."""
+        with self.db.read() as s:
+            return [
+                QueuedJob(r.id, r.queue, r.priority, r.enqueued_at, nodes=r.nodes)
+                for r in s.execute(
+                    select(Job.id, Job.queue, Job.priority, Job.enqueued_at, Job.nodes)
+                    .where(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+                    .order_by(Job.priority.desc(), Job.id)
+                    .limit(limit)
+                )
+            ]
 
     def mark_unsent(self, job_id: str) -> None:
         """Sending the job's message failed: let the reaper send it."""
@@ -602,6 +622,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
         machine forbids from the current status (e.g. running -> cancelled without a cancel)."""
         if status not in TERMINAL:
             raise ValueError(f"finish status must be one of {sorted(TERMINAL)}")
+        error = storable_error(error)
         now = utcnow()
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
@@ -659,11 +680,14 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
     def requeue(
         self, job_id: str, reason: str = "worker lost (stale heartbeat)", attempt: int | None = None
     ) -> str | None:
-        """Reaper: recover a running/cancelling job whose worker vanished (node 0 of a gang: one
-        of its nodes vanished). Returns the new status: running -> queued while restarts <
-        max_restarts (restarts += 1), else -> failed; cancelling -> cancelled. The caller sends
-        the job's message again when it is queued. With `attempt`: None (nothing changed) when
-        that attempt no longer owns the job."""
+        """Recover a running/cancelling job whose worker vanished (the reaper; node 0 of a gang:
+        one of its nodes vanished) or whose trainer was killed by a signal (its supervisor,
+        passing its `attempt`). Returns the new status:
+        running -> queued while restarts < max_restarts (restarts += 1), else -> failed;
+        cancelling -> cancelled; None (nothing changed) when `attempt` is given and no longer
+        owns the job. A queued job has no message in flight (enqueued_at NULL): the caller or
+        the reaper's next pass sends it."""
+        reason = storable_error(reason) or ""
         now = utcnow()
         with self.db.write() as s:
             job = self._lock_job(s, job_id)
@@ -704,6 +728,11 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
 class _Replay(Exception):
     def __init__(self, job_id: str, body_hash: str):
         self.job_id, self.body_hash = job_id, body_hash
+
+
+def storable_error(error: str | None) -> str | None:
+    """An error text both databases store (no NUL, valid UTF-8), cut to MAX_ERROR."""
+    return None if error is None else clean_text(str(error))[:MAX_ERROR]
 
 
 def _expired(created_at: dt.datetime, ttl_s: float) -> bool:

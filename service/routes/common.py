@@ -39,6 +39,13 @@ AUTH: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _number(text: str) -> float | int:
+    """A JSON number with a zero fraction is an integer (JSON Schema's rule: 32.0 is a valid
+    `integer`); the spec's integer fields are strict, its number fields take integers."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def decode_body(raw: bytes) -> Any:
     """JSON without NaN/Infinity (Postgres JSON cannot store them)."""
 
@@ -46,7 +53,7 @@ def decode_body(raw: bytes) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        return json.loads(raw, parse_constant=reject)
+        return json.loads(raw, parse_constant=reject, parse_float=_number)
     except (ValueError, RecursionError) as exc:
         msg = str(exc) if isinstance(exc, ValueError) else "JSON nested too deeply"
         raise SpecValidationError([("", f"request body is not valid JSON: {msg}")], "json_invalid") from None

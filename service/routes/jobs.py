@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -17,7 +15,7 @@ from service import artifacts
 from service.broker import Broker, dispatch
 from service.db.base import sha256_hex
 from service.db.repo import JobRepo, SubmitResult
-from service.deps import BrokerDep, RepoDep, SettingsDep
+from service.deps import BrokerDep, DispatcherDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
 from service.routes.common import (
@@ -43,6 +41,7 @@ from service.schemas import (
 from service.settings import Settings
 from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
 from sgmim.spec.job import TAG_PATTERN
+from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
@@ -51,23 +50,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH)
 
 JobSummaryT = TypeVar("JobSummaryT", bound=JobSummary)
 
-_CURSOR_ID = re.compile(r"[0-9a-z]{1,32}")
 _TAG = re.compile(TAG_PATTERN)
-
-
-def encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{job_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    version, _, job_id = raw.partition(":")
-    if version != "v1" or not _CURSOR_ID.fullmatch(job_id):
-        raise SpecValidationError([("cursor", "invalid cursor")], "cursor_invalid", where="query")
-    return job_id
+# A page's cursor is the id of its last job (ids sort by creation); the schema states its form.
+CURSOR_PATTERN = r"^[0-9a-z]{1,32}$"
 
 
 @router.post(
@@ -78,7 +63,9 @@ def decode_cursor(cursor: str) -> str:
     summary="Submit a job",
     responses={
         200: {"model": JobOut, "description": "replay: this Idempotency-Key and body created this job"},
-        409: {"model": ConflictOut, "description": "this Idempotency-Key was used with another body"},
+        409: {"model": ConflictOut, "description": "this Idempotency-Key was used with another body, "
+              "or the parent job is missing, has not succeeded, is of another kind or lacks the "
+              "named checkpoint (`detail` names the field)"},
         413: {"model": ErrorOut, "description": "request body too large"},
         **INVALID,
     },
@@ -88,6 +75,7 @@ async def submit_job(
     response: Response,
     repo: RepoDep,
     broker: BrokerDep,
+    dispatcher: DispatcherDep,
     settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
@@ -98,8 +86,8 @@ async def submit_job(
         ),
     ] = None,
 ) -> JobOut:
-    """Validate the spec, check its parent, store the job as `queued` and send the wake-up
-    message (it carries only the job id). 201 with the job."""
+    """Validate the spec, check its parent, store the job as `queued` and have the dispatcher
+    send the wake-up message (it carries only the job id) right after. 201 with the job."""
     data = decode_body(await request.body())
     if not isinstance(data, dict):
         raise SpecValidationError([("", "a job spec must be a JSON object")], "model_type")
@@ -108,6 +96,8 @@ async def submit_job(
         key_hash = sha256_hex(idempotency_key)
         body_hash = sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
+    if result.created:
+        dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = f"{request.url.path.rstrip('/')}/{result.job.id}"
     return JobOut.from_row(result.job)
@@ -116,9 +106,12 @@ async def submit_job(
 def _submit(
     data: dict, key_hash: str | None, body_hash: str | None, repo: JobRepo, broker: Broker, settings: Settings
 ) -> SubmitResult:
-    """Validate, check the parent, store, send: one worker thread per request."""
+    """Validate, check the parent, store: one worker thread per request."""
     check_strings(data, settings.max_string_length)
     spec = parse_spec(data)
+    outside = paths_outside(spec, settings.allowed_data_roots(), resolve=False)
+    if outside:
+        raise SpecValidationError(outside, PATH_NOT_ALLOWED)
     if spec.parent is not None:
         repo.check_parent(
             spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
@@ -140,8 +133,6 @@ def _submit(
         body_hash=body_hash,
         idempotency_ttl_s=settings.idempotency_ttl_s,
     )
-    if result.created:
-        dispatch(repo, broker, result.job)
     return result
 
 
@@ -157,10 +148,10 @@ def list_jobs(
     archived: Annotated[bool, Query(description="list the archived jobs instead")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=128, description="next_cursor of the previous page")
+        str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the previous page")
     ] = None,
 ) -> JobList:
-    before = decode_cursor(cursor) if cursor else None
+    before = cursor or None
     since = _check_filters(tag or [], q, since)
     jobs = repo.list(status=status, kind=kind, limit=limit + 1, before_id=before, tags=tag or (),
                      search=q, since=since, archived=archived)
@@ -168,7 +159,7 @@ def list_jobs(
     jobs = jobs[:limit]
     return JobList(
         items=[with_disk_use(JobSummary.from_row(j), settings) for j in jobs],
-        next_cursor=encode_cursor(jobs[-1].id) if more and jobs else None,
+        next_cursor=jobs[-1].id if more and jobs else None,
     )
 
 

@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.deps import RepoDep
-from service.errors import SpecValidationError
-from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep, safe_text
+from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep
 from service.schemas import MetricPage, MetricPoint
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=AUTH)
 
 MAX_SEQ = 2**62
+# comma-separated names of at most 128 characters each, no NUL
+NAMES_PATTERN = r"^[^,\x00]{0,128}(,[^,\x00]{0,128})*$"
 
 
 @router.get(
@@ -28,21 +29,27 @@ def get_metrics(
     names: Annotated[
         str | None,
         Query(
-            max_length=4096, description="comma-separated metric names (default: all)", examples=["loss,lr"]
+            max_length=4096,
+            pattern=NAMES_PATTERN,
+            description="comma-separated metric names of at most 128 characters (default: all)",
+            examples=["loss,lr"],
         ),
     ] = None,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="only points with seq > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    attempt: Annotated[
+        str,
+        Query(
+            pattern=r"^(latest|all|[0-9]{1,9})$",
+            description="latest: the latest attempt's timeline (a resumed attempt restarts at its "
+            "checkpoint; an earlier attempt's points from there on are left out); all: every "
+            "point; N: attempt N's",
+        ),
+    ] = "latest",
 ) -> MetricPage:
     """Points in sequence order, `limit` at a time: page with `after=next_after`. The sequence
     numbers are the ones of the SSE stream."""
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    if wanted and not all(safe_text(n, 128) for n in wanted):
-        raise SpecValidationError(
-            [("names", "metric names are at most 128 characters, without NUL")],
-            "names_invalid",
-            where="query",
-        )
-    rows = repo.metrics(job_id, names=wanted, after=after, limit=limit)
+    rows = repo.metrics(job_id, names=wanted, after=after, limit=limit, attempt=attempt)
     items = [MetricPoint.from_row(r) for r in rows]
     return MetricPage(items=items, next_after=items[-1].seq if len(items) == limit else None)

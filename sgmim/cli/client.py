@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from typing import Any
 import httpx
 import typer
 import yaml
+from rich.markup import escape
+
+# bidirectional overrides and isolates reorder what a terminal shows (U+202A..E, U+2066..9)
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 DEFAULT_PORT = 8000
 # `sgmim watch` / `logs -f` exit with this when the server stayed unreachable (the job's outcome
@@ -58,8 +63,29 @@ def resolve_connection(url: str | None, token: str | None) -> tuple[str, str | N
     return url.rstrip("/"), token
 
 
+def shown(value: object, *, lines: bool = False) -> str:
+    """Text from the server made safe for a terminal: control characters (escape sequences,
+    carriage returns, bidi overrides) appear as Python escapes (`\\x1b`); tabs stay, and
+    newlines when `lines`."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch == "\t" or (lines and ch == "\n")
+        else ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS
+        else ch
+        for ch in text
+    )
+
+
+def markup(value: object, *, lines: bool = False) -> str:
+    """`shown`, and escaped for rich markup: a `[red]` in a job name is text, not a style."""
+    return escape(shown(value, lines=lines))
+
+
 def fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {shown(message, lines=True)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 

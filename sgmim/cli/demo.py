@@ -51,9 +51,11 @@ def free_port() -> int:
     return pick()
 
 
-def start_services(state_dir: Path, port: int) -> subprocess.Popen:
-    """`python -m service --with-worker` on loopback, in its own process group."""
-    env = {**os.environ, "SGMIM_DATA_DIR": str(state_dir), "SGMIM_HOST": "127.0.0.1"}
+def start_services(state_dir: Path, port: int, data_dir: Path) -> subprocess.Popen:
+    """`python -m service --with-worker` on loopback, in its own process group; the demo's data
+    folder is its data root."""
+    env = {**os.environ, "SGMIM_DATA_DIR": str(state_dir), "SGMIM_HOST": "127.0.0.1",
+           "SGMIM_DATA_ROOTS": str(data_dir)}
     for key in ("SGMIM_DATABASE_URL", "SGMIM_BROKER_URL", "SGMIM_ARTIFACT_ROOT", "SGMIM_API_TOKENS"):
         env.pop(key, None)  # the demo is the embedded default, whatever the shell has set
     log = (state_dir / "services.log").open("ab")
@@ -123,7 +125,7 @@ def run_demo(size_name: str, workdir: Path | None, keep_serving: bool = False) -
     url = f"http://127.0.0.1:{port}"
     console.rule("SG-MIM demo")
     console.print(f"starting the API and a worker on the embedded defaults at {url}")
-    services = start_services(state_dir, port)
+    services = start_services(state_dir, port, data_dir)
     try:
         wait_ready(url, services, state_dir / "services.log")
         console.print(f"dashboard: [bold]{url}/[/bold] (the jobs below, live)")

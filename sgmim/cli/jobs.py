@@ -11,7 +11,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -23,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from sgmim.cli.client import LOST_CONTACT_EXIT, Api, api_errors, fail, resolve_connection
+from sgmim.cli.client import LOST_CONTACT_EXIT, Api, api_errors, fail, markup, resolve_connection, shown
 from sgmim.status import TERMINAL, WATCH_EXIT_CODES, JobStatus
 
 # Output to a pipe is never wrapped or cut (rich would fold lines and elide table cells at 80
@@ -72,12 +71,12 @@ def submit(
         response = api.request("POST", "/jobs", json=body,
                                headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
     job = response.json()
+    what = f"[bold]{markup(job['id'])}[/bold] ({markup(job['kind'])} {markup(repr(job['name']))})"
     if response.status_code == 200:  # a replay: this key and body created the job before
-        console.print(f"found existing job [bold]{job['id']}[/bold] ({job['kind']} {job['name']!r}) "
-                      f"for this idempotency key; not submitted again: {job['status']}")
+        console.print(f"found existing job {what} for this idempotency key; not submitted again: "
+                      f"{markup(job['status'])}")
     else:
-        console.print(f"submitted job [bold]{job['id']}[/bold] ({job['kind']} {job['name']!r}): "
-                      f"{job['status']}")
+        console.print(f"submitted job {what}: {markup(job['status'])}")
     if watch_after:
         try:
             code = follow(api, job["id"])
@@ -117,9 +116,10 @@ def jobs(
     table.add_column("name", overflow="ellipsis", no_wrap=True)
     table.add_column("tags", overflow="ellipsis", no_wrap=True)
     for job in page["items"]:
-        table.add_row(job["id"], job["kind"], job["status"], progress_text(job),
-                      job["created_at"][5:16].replace("T", " "), duration(job), disk_text(job), job["name"],
-                      ",".join(job.get("tags") or []))
+        created = job["created_at"][5:16].replace("T", " ")
+        table.add_row(*(markup(v) for v in (
+            job["id"], job["kind"], job["status"], progress_text(job), created, duration(job),
+            disk_text(job), job["name"], ",".join(job.get("tags") or []))))
     console.print(table)
     if page.get("next_cursor"):
         console.print(f"(more: --limit {min(limit * 2, 200)})", style="dim")
@@ -161,19 +161,19 @@ def show(ctx: typer.Context, job_id: str, as_json: bool = typer.Option(False, "-
     table = Table(show_header=False, box=None)
     for key in ("id", "kind", "name", "status", "parent_id", "attempt", "worker", "queue",
                 "created_at", "started_at", "finished_at"):
-        table.add_row(key, str(job.get(key) if job.get(key) is not None else "-"))
+        table.add_row(key, markup(job.get(key) if job.get(key) is not None else "-"))
     table.add_row("duration", duration(job))
     table.add_row("disk", disk_text(job))
-    table.add_row("tags", ", ".join(job.get("tags") or []) or "-")
+    table.add_row("tags", markup(", ".join(job.get("tags") or []) or "-"))
     if job.get("note"):
-        table.add_row("note", escape(job["note"]))
+        table.add_row("note", markup(job["note"], lines=True))
     if job.get("archived_at"):
-        table.add_row("archived", job["archived_at"])
-    table.add_row("progress", progress_text(job))
+        table.add_row("archived", markup(job["archived_at"]))
+    table.add_row("progress", markup(progress_text(job)))
     for name, value in sorted((job.get("last_metrics") or {}).items()):
-        table.add_row(f"  {name}", f"{value:.5g}" if isinstance(value, float) else str(value))
+        table.add_row(f"  {markup(name)}", f"{value:.5g}" if isinstance(value, float) else markup(value))
     if job.get("error"):
-        table.add_row("error", f"[red]{job['error']}[/red]")
+        table.add_row("error", f"[red]{markup(job['error'], lines=True)}[/red]")
     console.print(table)
 
 
@@ -196,7 +196,7 @@ def startup_hint(status: str, last_log: str | None) -> str:
     if status == JobStatus.CANCELLING:
         return "cancelling"
     if last_log:
-        return _LOG_PREFIX.sub("", last_log.strip())
+        return markup(_LOG_PREFIX.sub("", last_log.strip()))
     return "starting (loading data, compiling)"
 
 
@@ -230,7 +230,8 @@ def follow(api: Api, job_id: str) -> int:
         # into a pipe rich draws the bar once, at the end: at a terminal's width, not the pipe's
         bar_console = Console(width=100) if _PIPED else console
         with Progress(*bar_columns(), console=bar_console, transient=False, expand=True) as bar:
-            task = bar.add_task(f"{job['name']} ({job_id})", total=total, completed=step or 0, epoch="-",
+            task = bar.add_task(f"{markup(job['name'])} ({markup(job_id)})", total=total,
+                                completed=step or 0, epoch="-",
                                 detail="" if step is not None else startup_hint(final, None))
             for kind, data in api.events(job_id):
                 if kind == "metric":
@@ -251,7 +252,7 @@ def follow(api: Api, job_id: str) -> int:
                     if step is None:
                         bar.update(task, detail=startup_hint(final, last_log))
                     if not data.get("final"):
-                        bar.console.print(f"status: {data['status']}"
+                        bar.console.print(f"status: {markup(data['status'])}"
                                           + (f" (attempt {data['attempt']})" if data.get("attempt") else ""))
             job = api.retrying(lambda: api.get(f"/jobs/{job_id}"))
             # the total may reach the server only with the outcome (a run shorter than a heartbeat)
@@ -260,9 +261,9 @@ def follow(api: Api, job_id: str) -> int:
                 bar.update(task, total=done.get("total_steps") or total, completed=done["step"])
     final = job["status"] if job["status"] in TERMINAL else final
     style = {JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red"}.get(final, "yellow")
-    console.print(f"job {job_id} [{style}]{final}[/{style}]")
+    console.print(f"job {markup(job_id)} [{style}]{markup(final)}[/{style}]")
     if job.get("error"):
-        console.print(f"[red]{job['error']}[/red]")
+        console.print(f"[red]{markup(job['error'], lines=True)}[/red]")
     # `sgmim watch` / `submit --watch` exit with the job's final status.
     return WATCH_EXIT_CODES.get(final, 1)
 
@@ -301,8 +302,9 @@ def logs(
 
 
 def print_log(line: str) -> None:
-    """A log line as it is: written raw (never wrapped, no markup), flushed for `| grep`."""
-    sys.stdout.write(line.rstrip("\n") + "\n")
+    """A log line as it is (never wrapped, no markup), flushed for `| grep`; control characters
+    appear as escapes, so a line cannot drive the terminal."""
+    sys.stdout.write(shown(line.rstrip("\n")) + "\n")
     sys.stdout.flush()
 
 
@@ -311,7 +313,7 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
     api = connect(ctx)
     with api_errors(api.url):
         job = api.post(f"/jobs/{job_id}/cancel")
-    console.print(f"job {job_id}: {job['status']}")
+    console.print(f"job {markup(job_id)}: {markup(job['status'])}")
 
 
 def resume(ctx: typer.Context, job_id: str) -> None:
@@ -319,7 +321,7 @@ def resume(ctx: typer.Context, job_id: str) -> None:
     api = connect(ctx)
     with api_errors(api.url):
         job = api.post(f"/jobs/{job_id}/resume")
-    console.print(f"job {job_id}: {job['status']}")
+    console.print(f"job {markup(job_id)}: {markup(job['status'])}")
 
 
 def checkpoints(ctx: typer.Context, job_id: str) -> None:
@@ -329,8 +331,9 @@ def checkpoints(ctx: typer.Context, job_id: str) -> None:
         items = api.get(f"/jobs/{job_id}/checkpoints")["items"]
     table = Table("name", "kind", "step", "size", "created", box=None)
     for c in items:
-        table.add_row(c["name"], c["kind"], str(c["step"] if c["step"] is not None else "-"),
-                      size_text(c["size_bytes"]), c["created_at"][:19].replace("T", " "))
+        step = c["step"] if c["step"] is not None else "-"
+        table.add_row(markup(c["name"]), markup(c["kind"]), markup(step),
+                      size_text(c["size_bytes"]), markup(c["created_at"][:19].replace("T", " ")))
     console.print(table)
 
 
@@ -368,12 +371,12 @@ def download(
             size = int(response.headers.get("content-length") or 0)
             # a bar only on a terminal (rich draws none into a pipe)
             with tmp.open("wb") as f, Progress(*download_columns(), console=console, transient=True) as bar:
-                task = bar.add_task(chosen["name"], total=size or None)
+                task = bar.add_task(markup(chosen["name"]), total=size or None)
                 for chunk in response.iter_bytes(1 << 20):
                     f.write(chunk)
                     bar.advance(task, len(chunk))
         tmp.replace(output)
-    console.print(f"wrote {output} ({size_text(output.stat().st_size)})")
+    console.print(f"wrote {markup(output)} ({size_text(output.stat().st_size)})")
 
 
 def served_filename(disposition: str | None) -> str | None:
@@ -397,11 +400,12 @@ def evaluation(ctx: typer.Context, job_id: str, as_json: bool = typer.Option(Fal
     if as_json:
         console.print_json(json.dumps(result))
         return
-    console.print(f"{result.get('task')} on {result.get('dataset')} / {result.get('split')}: "
-                  f"{result.get('num_images')} images")
+    console.print(f"{markup(result.get('task'))} on {markup(result.get('dataset'))} / "
+                  f"{markup(result.get('split'))}: {markup(result.get('num_images'))} images")
     table = Table("metric", "value", box=None)
     for key, value in (result.get("metrics") or {}).items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(markup(key), f"{value:.4f}" if isinstance(value, float) else markup(value))
     console.print(table)
     if result.get("parent_chain"):
-        console.print("lineage: " + " → ".join([*result["parent_chain"], result.get("job_id") or job_id]))
+        chain = [*result["parent_chain"], result.get("job_id") or job_id]
+        console.print("lineage: " + " → ".join(markup(j) for j in chain))

@@ -1,9 +1,13 @@
 """Split files as BTS and GLPDepth write them: one sample per line,
 `<image path> <ground-truth path> [focal]`, paths relative to the dataset root (or to one of
-the folders a dataset conventionally keeps them in). A ground truth of `None` means none."""
+the folders a dataset conventionally keeps them in). A ground truth of `None` means none.
+
+Errors name the file and line numbers, never a line's text: a split file may be any file the
+spec names, and the error reaches the job's `error` and logs."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,25 +21,29 @@ class Entry:
 
 
 def find_split_file(root: Path, split: str, defaults: dict[str, str]) -> Path:
-    """`split` as a path (absolute or under root), else the dataset's default file for a name."""
-    candidates = [Path(split), root / split]
+    """`split` as a path (absolute, or relative to root), else the dataset's default file for a
+    name. Never relative to the working directory."""
+    given = Path(split).expanduser()
+    candidates = [given] if given.is_absolute() else []
+    candidates.append(root / split)
     if split in defaults:
         candidates.append(root / defaults[split])
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     names = ", ".join(sorted(defaults))
-    raise DataError(f"split {split!r}: no split file at {' or '.join(str(c) for c in candidates[1:])}; "
+    raise DataError(f"split {split!r}: no split file at {' or '.join(str(c) for c in candidates)}; "
                     f"expected a split-file path or one of {names} with its file under {root}")
 
 
 def _resolve(root: Path, relative: str, bases: tuple[str, ...], last: list[str]) -> Path | None:
-    """The first `root/base/relative` that exists; `last` remembers the base that worked, which
-    is almost always the next line's too."""
+    """The first `root/base/relative` that exists and stays under root (no `..` out of it);
+    `last` remembers the base that worked, which is almost always the next line's too."""
     relative = relative.lstrip("/")
+    top = os.path.realpath(root)
     for base in dict.fromkeys(last + list(bases)):
         path = root / base / relative
-        if path.is_file():
+        if path.is_file() and os.path.realpath(path).startswith(top.rstrip(os.sep) + os.sep):
             last[:] = [base]
             return path
     return None
@@ -53,14 +61,14 @@ def read_split_file(path: Path, root: Path, image_bases: tuple[str, ...], target
             continue
         if len(parts) < 2:
             raise DataError(f"{path}:{number}: expected '<image path> <ground-truth path> [focal]', "
-                            f"got {line!r}")
+                            f"got a line of {len(parts)} field")
         if parts[1] == "None":
             no_target += 1
             continue
         image = _resolve(root, parts[0], image_bases, image_base)
         target = _resolve(root, parts[1], target_bases, target_base)
         if image is None or target is None:
-            missing.append(f"line {number} ({parts[0] if image is None else parts[1]})")
+            missing.append(f"line {number}")
         else:
             entries.append(Entry(image, target))
     if no_target:

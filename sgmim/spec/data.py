@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sgmim.spec.base import StrictModel
+from sgmim.spec.base import MAX_IMAGES, MAX_SEED, FloatPair, IntPair, StrictModel
 
-Size = int | tuple[int, int]
+Size = int | IntPair
 
 
 def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
@@ -21,10 +21,10 @@ class AugmentConfig(StrictModel):
     """Paired geometric augmentation (same crop and flip for image, depth and labels) plus
     photometric augmentation of the image only."""
 
-    crop_scale: tuple[float, float] = Field(
+    crop_scale: FloatPair = Field(
         (0.67, 1.0), description="RandomResizedCrop area range, fraction of the image; (1, 1) with "
                                  "crop_ratio (1, 1) is a plain random crop without resizing")
-    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect range")
+    crop_ratio: FloatPair = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect range")
     hflip: bool = Field(True, description="random horizontal flip with probability 0.5")
     color_jitter: float = Field(
         0.0, ge=0.0, le=1.0,
@@ -74,7 +74,7 @@ class SyntheticConfig(StrictModel):
     render_size: Size | None = Field(
         None, description="rendered (H, W) or square side; default: the model's img_size for "
                           "pretraining, 192 for downstream")
-    num_objects: tuple[int, int] = Field((4, 10), description="boxes, spheres and cylinders per scene")
+    num_objects: IntPair = Field((4, 10), description="boxes, spheres and cylinders per scene")
     pseudo_depth: PseudoDepthConfig = PseudoDepthConfig()
     cache_mb: int = Field(
         512, ge=0, description="keep rendered scenes in memory up to this size per process "
@@ -99,10 +99,12 @@ class PretrainDataConfig(StrictModel):
                                  "root/images/<path>.(jpg|png) with root/depth/<path>.(png|npy)")
     root: str | None = Field(None, description="image_folder: folder holding images/ and depth/")
     num_images: int | None = Field(
-        None, ge=1, description="synthetic: scenes per epoch (default 1024); image_folder: use only "
-                                "the first N (sorted by path)")
-    seed: int = Field(0, ge=0, description="first scene seed of the split (synthetic) and the seed of "
-                                           "augmentation and masks: item i of epoch e uses (seed, e, i)")
+        None, ge=1, le=MAX_IMAGES,
+        description="synthetic: scenes per epoch (default 1024); image_folder: use only the first N "
+                    "(sorted by path)")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="first scene seed of the split (synthetic) and the seed of "
+                                  "augmentation and masks: item i of epoch e uses (seed, e, i)")
     augment: AugmentConfig = Field(AugmentConfig(), description="paired crop/flip, photometric jitter")
     synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
@@ -135,15 +137,17 @@ class DownstreamDataConfig(StrictModel):
     train_split: str = Field("train", description="split name or split-file path")
     val_split: str = Field("val", description="split name or split-file path")
     num_images: int | None = Field(
-        None, ge=1, description="synthetic: scenes per split (default 256); others: use the first N")
+        None, ge=1, le=MAX_IMAGES,
+        description="synthetic: scenes per split (default 256); others: use the first N")
     crop_size: Size | None = Field(
         None, description="training crop (H, W) or square side; default per dataset: KITTI 352, "
                           "NYU (448, 576), ADE20K 512, synthetic and folder: the whole image")
     depth_scale: float | None = Field(
         None, gt=0.0, description="folder: 16-bit PNG value / depth_scale = metres (default 1000); "
                                   ".npy depth is read as metres")
-    seed: int = Field(0, ge=0, description="synthetic: first scene seed of each split; augmentation "
-                                           "of item i in epoch e uses (seed, e, i)")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="synthetic: first scene seed of each split; augmentation "
+                                  "of item i in epoch e uses (seed, e, i)")
     augment: AugmentConfig = Field(AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)),
                                    description="training augmentation (never applied in eval mode)")
     synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sgmim.spec.base import FieldError, StrictModel
+from sgmim.spec.base import FieldError, IntPair, StrictModel, TimmName
 from sgmim.spec.data import DownstreamDataConfig
 from sgmim.spec.model import EncoderFields
 from sgmim.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
@@ -92,9 +92,9 @@ class FinetuneEncoderConfig(EncoderFields):
     window_size): position tables are resampled as timm does. With `init: random` timm_name and
     the size fields describe the whole encoder."""
 
-    timm_name: str | None = Field(None, description="timm Swin, SwinV2 or ViT name; required with "
+    timm_name: TimmName | None = Field(None, description="timm Swin, SwinV2 or ViT name; required with "
                                                    "init: random")
-    img_size: int | tuple[int, int] | None = Field(
+    img_size: int | IntPair | None = Field(
         None, description="input size, side or (H, W); default: data.crop_size, else the dataset's "
                           "training crop (KITTI 352, NYU (448, 576), ADE20K 512), else the recorded size")
     drop_path_rate: float | None = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -49,10 +50,13 @@ class PretrainConfig(StrictModel):
 
 TAG_PATTERN = r"^[A-Za-z0-9_.:+-]{1,64}$"
 Tag = Annotated[str, Field(pattern=TAG_PATTERN, description="letters, digits and _ . : + -")]
+# no control characters (terminal escapes, newlines) nor bidi overrides: names are printed
+PRINTABLE_NAME = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]+$"
 
 
 class JobBase(StrictModel):
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=PRINTABLE_NAME,
+                      description="free text without control characters")
     parent: ParentRef | None = None
     resources: Resources = Resources()
     priority: int = Field(5, ge=0, le=9, description="9 runs first")
@@ -103,12 +107,38 @@ JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
 _adapter: TypeAdapter[AnyJob] = TypeAdapter(JobSpec)
 
 
-class SpecError(ValueError):
-    """A job spec that does not validate; `errors` are `(field path, message)` pairs."""
+# The error type of a rule a validator checks (across fields, or beyond what JSON Schema can
+# say, e.g. img_size a multiple of mask_patch_size); everything else is a schema violation.
+SPEC_RULE = "spec_rule"
 
-    def __init__(self, errors: list[tuple[str, str]]):
+
+class SpecError(ValueError):
+    """A job spec that does not validate; `errors` are `(field path, message)` pairs and
+    `types` their kinds ("spec_rule", or pydantic's type of a schema violation)."""
+
+    def __init__(self, errors: list[tuple[str, str]], types: list[str] | None = None):
         self.errors = errors
+        self.types = types or ["value_error"] * len(errors)
         super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
+
+
+class SpecLoader(yaml.SafeLoader):
+    """YAML as people (and json.dumps) write numbers: PyYAML follows YAML 1.1, where `1e-6` and
+    `1e-06` (no dot) are strings, which the strict schema would refuse."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def error_path(loc: tuple[Any, ...]) -> str:
@@ -174,7 +204,8 @@ def parse_spec(data: Any) -> AnyJob:
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
-        raise SpecError(spec_errors(exc)) from None
+        types = [SPEC_RULE if e["type"] == "value_error" else e["type"] for e in exc.errors()]
+        raise SpecError(spec_errors(exc), types) from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AnyJob:
@@ -206,7 +237,7 @@ def apply_overrides(data: dict, assignments: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise SpecError([(key, f"--set {assignment!r}: {part} is not a mapping")])
             node = child
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = yaml.load(raw, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     return data
 
 
@@ -214,7 +245,7 @@ def read_spec_data(path: str | Path) -> dict:
     """A spec file decoded but not validated (so that overrides can apply first)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     except OSError as exc:
         raise SpecError([("", f"cannot read {path}: {exc.strerror}")]) from None
     except yaml.YAMLError as exc:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sgmim.spec.base import StrictModel
+from sgmim.spec.base import IntPair, StrictModel, TimmName
 
 BackboneFamily = Literal["swin", "swinv2", "vit"]
 _TIMM_FIELDS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "depth", "num_heads",
@@ -19,7 +19,6 @@ _TIMM_FIELDS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", 
 # keyword arguments are added to every `beit*` name and travel in the export's metadata.
 SIMMIM_VIT_LAYOUT = {"use_abs_pos_emb": False, "use_rel_pos_bias": False,
                      "use_shared_rel_pos_bias": True, "init_values": 0.1, "use_fc_norm": False}
-SUPPORTED_PREFIXES = ("swin", "vit_", "beit")
 
 
 def layout_kwargs(timm_name: str) -> dict:
@@ -41,10 +40,10 @@ class EncoderFields(StrictModel):
     Only fields that are set reach `timm.create_model`, so the named model's defaults stand for
     everything else."""
 
-    timm_name: str | None = Field(None, description="timm model name of a Swin, SwinV2 or ViT model",
+    timm_name: TimmName | None = Field(None, description="timm model name of a Swin, SwinV2 or ViT model",
                                   examples=["swin_base_patch4_window7_224", "swinv2_base_window8_256",
                                             "vit_base_patch16_224"])
-    img_size: int | tuple[int, int] | None = None
+    img_size: int | IntPair | None = None
     patch_size: int | None = Field(None, ge=1, le=64)
     window_size: int | None = Field(None, ge=1, le=64, description="Swin/SwinV2 only")
     embed_dim: int | None = Field(None, ge=8, le=4096)
@@ -67,8 +66,6 @@ class EncoderFields(StrictModel):
         name = self.timm_name
         if name is None:
             return self
-        if not name.startswith(SUPPORTED_PREFIXES):
-            raise ValueError(f"timm_name {name!r}: only swin*, swinv2*, vit_* and beit* models are supported")
         if backbone_family(name) == "vit" and (self.window_size is not None or self.depths is not None):
             raise ValueError("window_size and depths are Swin fields; a ViT takes depth")
         if backbone_family(name) != "vit" and self.depth is not None:
@@ -87,7 +84,7 @@ class EncoderFields(StrictModel):
 class EncoderConfig(EncoderFields):
     """The pretraining encoder: a named model at a square input size."""
 
-    timm_name: str = Field(
+    timm_name: TimmName = Field(
         "swin_base_patch4_window7_224",
         description="timm model name of a Swin, SwinV2 or ViT model; beit_* is SimMIM's ViT (shared "
                     "relative position bias, no absolute position embedding, LayerScale 0.1)",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sgmim.spec.base import StrictModel
+from sgmim.spec.base import MAX_EPOCHS, MAX_SEED, MAX_STEPS, FloatPair, StrictModel
 
 
 class OptimConfig(StrictModel):
@@ -15,12 +15,12 @@ class OptimConfig(StrictModel):
     base_lr: float = Field(2e-4, gt=0.0, le=10.0)
     warmup_lr: float = Field(1e-6, ge=0.0, description="scaled like base_lr")
     min_lr: float = Field(1e-5, ge=0.0, description="scaled like base_lr")
-    lr_reference_batch: int = Field(512, ge=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr_reference_batch: int = Field(512, ge=1, le=1_048_576)
+    betas: FloatPair = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     schedule: Literal["cosine", "step", "poly"] = "cosine"
-    warmup_epochs: float = Field(10.0, ge=0.0)
+    warmup_epochs: float = Field(10.0, ge=0.0, le=MAX_EPOCHS)
     warmup_prefix: bool = Field(
         False, description="cosine only: false (SimMIM's timm CosineLRScheduler) runs the cosine over "
                            "all steps from step 0, the linear warm-up replacing its first steps; true "
@@ -39,12 +39,12 @@ class ScheduleConfig(StrictModel):
 
     batch_size: int = Field(64, ge=1, le=65536, description="per process, per micro-step")
     accumulation: int = Field(1, ge=1, le=1024)
-    epochs: float | None = Field(None, gt=0)
-    steps: int | None = Field(None, ge=1, description="optimiser steps")
-    log_every: int = Field(10, ge=1, description="steps between metric lines")
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints")
+    epochs: float | None = Field(None, gt=0, le=MAX_EPOCHS)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="optimiser steps")
+    log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between metric lines")
+    checkpoint_every: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, le=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _one_length(self) -> ScheduleConfig:

@@ -108,6 +108,7 @@ class Api:
         return r.json()
 
     def messages(self) -> list[dict[str, Any]]:
+        self.client.app.state.dispatcher.drain()  # what its thread does within milliseconds
         return broker_messages(self.settings)
 
     def succeed(self, job_id: str) -> None:

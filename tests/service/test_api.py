@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import io
 import json
 import tarfile
@@ -80,20 +81,20 @@ def test_parent_must_exist_have_succeeded_and_be_the_right_kind(api: Api):
         return api.client.post(JOBS, json={"kind": "finetune", "name": "f", "parent": ref})
 
     r = finetune("0000000000000000")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parent", "job_id"]
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "parent", "job_id"]
     assert "does not exist" in r.json()["detail"][0]["msg"]
     pre = api.submit()["id"]
     r = finetune(pre)
-    assert r.status_code == 422 and "must have succeeded" in r.json()["detail"][0]["msg"]
+    assert r.status_code == 409 and "must have succeeded" in r.json()["detail"][0]["msg"]
     api.succeed(pre)
     r = finetune(pre, "global_step9")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parent", "checkpoint"]
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "parent", "checkpoint"]
     api.repo.record_checkpoint(pre, "encoder", "encoder", 9, 1, "export/encoder.safetensors")
     assert finetune(pre, "encoder").status_code == 201
     child = finetune(pre)
     assert child.status_code == 201 and child.json()["parent_id"] == pre
     r = api.client.post(JOBS, json={"kind": "evaluate", "name": "e", "parent": {"job_id": pre}})
-    assert r.status_code == 422 and "must be a finetune job" in r.json()["detail"][0]["msg"]
+    assert r.status_code == 409 and "must be a finetune job" in r.json()["detail"][0]["msg"]
 
 
 def test_idempotency_key_same_body_same_job_other_body_409(api: Api):
@@ -391,7 +392,7 @@ def raw_get(app, raw_path: str) -> tuple[int, bytes]:
             "raw_path": raw_path.encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [(b"host", b"testserver")],
+            "headers": [(b"host", b"127.0.0.1")],
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
         }
@@ -508,10 +509,11 @@ def test_reaper_requeues_lost_jobs_and_resends_lost_messages(api: Api):
     settings = api.settings.model_copy(update={"stale_heartbeat_s": 0.0, "unclaimed_requeue_s": 3600})
     from sqlalchemy import update
 
-    from service.db.models import Job
+    from service.db.models import Job, utcnow
 
-    with api.repo.db.write() as s:  # as if its message had never been sent
-        s.execute(update(Job).where(Job.id == unsent).values(enqueued_at=None))
+    api.messages()  # every submit's message is out
+    with api.repo.db.write() as s:  # as if its message had been lost two hours ago
+        s.execute(update(Job).where(Job.id == unsent).values(enqueued_at=utcnow() - dt.timedelta(hours=2)))
     before = len(api.messages())
     report = reap_once(api.repo, api.client.app.state.broker, settings)
     assert report.requeued == [lost]

@@ -14,6 +14,13 @@ import pytest
 
 from tests.service.conftest import PRETRAIN, Server, broker_messages
 
+
+def wait_until(probe, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := probe()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
 pytestmark = pytest.mark.slow
 JOBS = "/api/v1/jobs"
 
@@ -41,7 +48,9 @@ def test_submit_list_and_live_sse(server: Server):
         assert r.status_code == 201
         job_id = r.json()["id"]
         assert job_id in [j["id"] for j in client.get(JOBS, params={"limit": 200}).json()["items"]]
-        assert [m["args"] for m in broker_messages(server.settings) if m["args"] == [job_id]] == [[job_id]]
+        # the server's dispatcher sends the wake-up message right after the answer
+        sent = wait_until(lambda: [m for m in broker_messages(server.settings) if m["args"] == [job_id]])
+        assert [m["args"] for m in sent] == [[job_id]]
         received = []
         with client.stream("GET", f"{JOBS}/{job_id}/events") as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
@@ -85,6 +94,7 @@ def test_fifty_concurrent_submits_with_one_key_create_one_job(server: Server):
     job_id = responses[0].json()["id"]
     named = [j for j in server.repo.list(limit=1000) if j.name == key]
     assert [j.id for j in named] == [job_id]
+    wait_until(lambda: any(m["args"] == [job_id] for m in broker_messages(server.settings)))
     assert sum(m["args"] == [job_id] for m in broker_messages(server.settings)) == 1
 
 
@@ -151,7 +161,8 @@ def test_raw_traversal_requests_are_404(server: Server):
         "%2e%2e%2fspec.json",
     ):
         with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
-            sock.sendall(f"GET {base}{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            request = f"GET {base}{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            sock.sendall(request.encode())
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk

@@ -50,7 +50,7 @@ def errors_of(data) -> dict[str, str]:
     ({"config": {"optim": {"base_lr": -1}}}, "config.optim.base_lr"),
     ({"config": {"optim": {"learning_rate": 1e-3}}}, "config.optim.learning_rate"),
     ({"config": {"model": {"mask": {"ratio": 1.5}}}}, "config.model.mask.ratio"),
-    ({"config": {"model": {"encoder": {"timm_name": "resnet50"}}}}, "config.model.encoder"),
+    ({"config": {"model": {"encoder": {"timm_name": "resnet50"}}}}, "config.model.encoder.timm_name"),
     ({"config": {"deepspeed": {"zero_stage": 4}}}, "config.deepspeed.zero_stage"),
     ({"config": {"schedule": {"batch_size": 8}}}, "config.schedule"),
     ({"resources": {"gpus": 0}}, "resources.gpus"),

@@ -264,8 +264,12 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         client.flushdb()
         client.close()
         pg_url = database_url = create_pg_database(pg_admin_url)
-    settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=broker_url)
+    # the tests' data folders (tmp_path) are data roots, as /datasets is in deployment
+    data_roots = str(tmp_path_factory.getbasetemp())
+    settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=broker_url,
+                        data_roots=[data_roots])
     env = clean_env(
+        SGMIM_DATA_ROOTS=data_roots,
         SGMIM_DATA_DIR=str(settings.data_dir),
         SGMIM_DATABASE_URL=database_url,
         SGMIM_HOSTFILE=str(hostfile),
@@ -273,7 +277,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         **WORKER_ENV,
         **({"SGMIM_BROKER_URL": broker_url} if broker_url else {}),
     )
-    api, url = start_uvicorn(settings, {"SGMIM_MULTINODE_LAUNCHER": "ssh"}, log=folder / "api.log")
+    api, url = start_uvicorn(settings, {"SGMIM_MULTINODE_LAUNCHER": "ssh", "SGMIM_DATA_ROOTS": data_roots},
+                             log=folder / "api.log")
     db = Database.from_settings(settings)
     st = Stack(request.param, settings, url, env, JobRepo(db), httpx.Client(base_url=url, timeout=30), folder)
     try:

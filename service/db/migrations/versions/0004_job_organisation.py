@@ -2,7 +2,7 @@
 terminal state: the URL, the delivery state, attempts and when to try next)
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-30
 
 """
@@ -15,7 +15,7 @@ from alembic import op
 from service.db.models import UTCDateTime
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
