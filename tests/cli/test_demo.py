@@ -10,6 +10,7 @@ from tests.cli.conftest import clean_env, cli
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(960)  # the whole story in one process: longer than the suite's 600 s default
 def test_demo_small(tmp_path):
     done = cli("demo", "--size", "small", "--workdir", str(tmp_path / "demo"), env=clean_env(), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

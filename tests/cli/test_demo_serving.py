@@ -19,7 +19,7 @@ SCRIPT = """
 import sys
 import sgmim.cli.demo as demo
 demo.render_data = lambda data_dir, size: None
-demo.run_jobs = lambda api, data_dir, size, workdir: {"metrics": {}, "jobs": {"pretrain": {}}}
+demo.run_jobs = lambda api, data_dir, size, workdir: {"metrics": {}, "pretrain": {}, "study": workdir}
 from sgmim.cli import app
 app(["demo", "--size", "small", "--workdir", sys.argv[1], "--keep-serving"])
 """
