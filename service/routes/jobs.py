@@ -40,7 +40,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
-from sgmim.spec.job import TAG_PATTERN
+from sgmim.spec.job import TAG_PATTERN, Tag
 from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 from sgmim.status import JobStatus
 
@@ -142,7 +142,7 @@ def list_jobs(
     settings: SettingsDep,
     status: Annotated[list[JobStatus] | None, Query(description="repeat to allow several")] = None,
     kind: Annotated[list[JobKind] | None, Query(description="repeat to allow several")] = None,
-    tag: Annotated[list[str] | None, Query(max_length=64, description="jobs with all these tags")] = None,
+    tag: Annotated[list[Tag] | None, Query(description="jobs with all these tags")] = None,
     q: Annotated[str | None, Query(max_length=128, description="part of the name, any case")] = None,
     since: Annotated[dt.datetime | None, Query(description="created at or after (ISO 8601)")] = None,
     archived: Annotated[bool, Query(description="list the archived jobs instead")] = False,

@@ -141,13 +141,19 @@ SpecLoader.add_implicit_resolver(
 )
 
 
+# The label pydantic gives each member of a union field (`compile: Literal["auto"] | bool`):
+# part of its location, but not a field the user wrote.
+_UNION_MEMBER = re.compile(r"^(bool|int|float|str|none|(literal|list|tuple|dict|function-\w+)\[.*\])$")
+
+
 def error_path(loc: tuple[Any, ...]) -> str:
-    """pydantic's location without the union tag: ('pretrain', 'config', 'optim', 'base_lr')
-    → 'config.optim.base_lr'."""
+    """pydantic's location without the union tags: ('pretrain', 'config', 'optim', 'base_lr')
+    → 'config.optim.base_lr'; ('pretrain', 'config', 'deepspeed', 'compile', 'bool') →
+    'config.deepspeed.compile'."""
     parts = list(loc)
     if parts and parts[0] in ("pretrain", "finetune", "evaluate"):
         parts = parts[1:]
-    return ".".join(str(p) for p in parts)
+    return ".".join(str(p) for p in parts if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
 
 
 _JOB_MODELS: dict[str, type[BaseModel]] = {"pretrain": PretrainJob, "finetune": FinetuneJob,
@@ -185,6 +191,23 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
 
 
 def spec_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(path, msg) for path, msg, _ in _spec_error_items(exc)]
+
+
+def _spec_error_items(exc: ValidationError) -> list[tuple[str, str, str]]:
+    """(field path, message, error type) per field: a union field's members each report an
+    error at the same path, merged into one ("Input should be 'auto' or: Input should be a
+    valid boolean")."""
+    merged: dict[str, tuple[str, str]] = {}
+    for path, msg, kind in _raw_error_items(exc):
+        if path in merged:
+            msg = f"{merged[path][0]} or: {msg}"
+            kind = merged[path][1]
+        merged[path] = (msg, kind)
+    return [(path, msg, kind) for path, (msg, kind) in merged.items()]
+
+
+def _raw_error_items(exc: ValidationError) -> list[tuple[str, str, str]]:
     found = []
     for e in exc.errors():
         path, msg = error_path(e["loc"]), e["msg"].removeprefix("Value error, ")
@@ -195,7 +218,7 @@ def spec_errors(exc: ValidationError) -> list[tuple[str, str]]:
             path, msg = ".".join(p for p in (path, cause.path) if p), cause.message
         elif e["type"].startswith("union_tag"):
             path = "kind"
-        found.append((path, msg))
+        found.append((path, msg, SPEC_RULE if e["type"] == "value_error" else e["type"]))
     return found
 
 
@@ -204,8 +227,8 @@ def parse_spec(data: Any) -> AnyJob:
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
-        types = [SPEC_RULE if e["type"] == "value_error" else e["type"] for e in exc.errors()]
-        raise SpecError(spec_errors(exc), types) from None
+        items = _spec_error_items(exc)
+        raise SpecError([(path, msg) for path, msg, _ in items], [kind for _, _, kind in items]) from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AnyJob:

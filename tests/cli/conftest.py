@@ -62,8 +62,10 @@ def stop_server(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
+    # the tests' data folders (tmp_path) are data roots, as /datasets is in deployment
     proc, url = start_server(state, "--with-worker", SGMIM_WEBHOOK_SECRET=WEBHOOK_SECRET,
-                             SGMIM_WEBHOOK_BACKOFF_S="0.5", SGMIM_NOTIFY_INTERVAL_S="0.5")
+                             SGMIM_WEBHOOK_BACKOFF_S="0.5", SGMIM_NOTIFY_INTERVAL_S="0.5",
+                             SGMIM_DATA_ROOTS=str(tmp_path_factory.getbasetemp()))
     yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
            "state": state}
     stop_server(proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,8 +81,14 @@ def test_broker_down_job_is_stored_and_readyz_says_so(tmp_path):
         r = client.post(JOBS, json=PRETRAIN)
         assert r.status_code == 201 and r.json()["status"] == "queued"
         client.app.state.dispatcher.drain()  # its send fails
-        # not marked as sent: the dispatcher's next pass or the reaper sends its message
-        assert [q.id for q in client.app.state.repo.find_unclaimed_queued(3600)] == [r.json()["id"]]
+        # not marked as sent: the dispatcher's next pass or the reaper sends its message (the
+        # background pass marks it while it tries, so look between its tries)
+        deadline = time.monotonic() + 15
+        unsent: list[str] = []
+        while not unsent and time.monotonic() < deadline:
+            unsent = [q.id for q in client.app.state.repo.find_unclaimed_queued(3600)]
+            time.sleep(0.05)
+        assert unsent == [r.json()["id"]]
         assert 'sgmim_queue_depth{queue="sgmim",source="database"} 1.0' in client.get("/metrics").text
 
 

@@ -29,7 +29,7 @@ def test_jobs_pages_walk_by_cursor_and_filter(api: Api):
     fragment = api.client.get("/", params={"q": "walk-11", "rows": 1}).text
     assert fragment.lstrip().startswith("<tbody") and "<html" not in fragment
     assert set(ROW.findall(fragment)) == {ids[11], *ids[110:120]}
-    odd = api.client.get("/", params={"status": "nonsense", "cursor": "garbage"})
+    odd = api.client.get("/", params={"status": "nonsense", "cursor": "not a cursor!"})
     assert odd.status_code == 200 and "unknown status" in odd.text and "not valid any more" in odd.text
 
 

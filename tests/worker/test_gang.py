@@ -22,7 +22,7 @@ from tests.worker.conftest import JOBS, WORKER_ENV, Stack, clean_env, tiny_spec,
 
 pytestmark = pytest.mark.slow
 
-REDIS_URL = os.environ.get("SGMIM_TEST_GANG_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_DB = 14  # the service tests use 11, the worker tests 12
 BOXES = {"g1": ("box-1", "127.0.0.1"), "g2": ("box-2", "127.0.0.2"), "g3": ("box-3", "127.0.0.3")}
 TWO_NODES = {"gpus": 1, "nodes": 2}
 
@@ -33,18 +33,19 @@ def start_box(stack: Stack, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, redis_server) -> Iterator[Stack]:
     import redis
 
     folder = tmp_path_factory.mktemp("gang")
-    client = redis.Redis.from_url(REDIS_URL)
+    redis_url = redis_server.url(REDIS_DB)
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    database_url = create_pg_database()
-    settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=REDIS_URL)
+    database_url = create_pg_database(pg_admin_url)
+    settings = Settings(data_dir=folder / "data", database_url=database_url, broker_url=redis_url)
     env = clean_env(
         SGMIM_DATA_DIR=str(settings.data_dir),
         SGMIM_DATABASE_URL=database_url,
-        SGMIM_BROKER_URL=REDIS_URL,
+        SGMIM_BROKER_URL=redis_url,
         SGMIM_GANG_START_TIMEOUT_S="30",
         **WORKER_ENV,
     )
@@ -61,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         st.client.close()
         stop_uvicorn(api)
         db.dispose()
-        drop_pg_database(database_url)
+        drop_pg_database(pg_admin_url, database_url)
         client.flushdb()
         client.close()
 

@@ -54,7 +54,8 @@ class ScriptSupervisor(Supervisor):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[tuple[JobRepo, Settings]]:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite" else create_pg_database()
+    admin_url = request.getfixturevalue("pg_admin_url") if request.param == "postgres" else None
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if admin_url is None else create_pg_database(admin_url)
     monkeypatch.setattr(supervisor_module, "RECORD_RETRY_DELAYS", (0.01, 0.01), raising=False)
     settings = Settings(
         data_dir=tmp_path / "data", database_url=url, heartbeat_interval_s=0.2, cancel_grace_s=2
@@ -65,7 +66,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator
     finally:
         repo.db.dispose()
         if request.param == "postgres":
-            drop_pg_database(url)
+            drop_pg_database(admin_url, url)
 
 
 def submit(repo: JobRepo, **top: Any) -> str:
