@@ -34,11 +34,12 @@ OVERRIDES=()
 REQUIRED=(deepspeed hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions
           pydantic-settings python-dotenv typer annotated-doc)
 # What `sgmim serve --with-worker` adds (the service phase of gpu_check.sh): FastAPI, uvicorn,
-# SQLAlchemy + Alembic on SQLite, Celery on the filesystem broker, httpx. --no-service: not these.
+# SQLAlchemy + Alembic on SQLite, Celery on the filesystem broker, httpx; FastAPI imports
+# opentelemetry-api at start-up. --no-service: not these.
 SERVICE=(fastapi starlette uvicorn h11 anyio idna sqlalchemy alembic mako markupsafe celery kombu
          billiard vine amqp click click-didyoumean click-plugins click-repl prompt-toolkit wcwidth
          python-dateutil six tzlocal httpx httpcore certifi prometheus-client rich markdown-it-py
-         mdurl pygments)
+         mdurl pygments opentelemetry-api shellingham jinja2 plotly narwhals fastapi-offline)
 # Already on that machine; for another GPU machine that lacks them.
 OPTIONAL=(ninja py-cpuinfo msgpack safetensors timm einops psutil)
 # Limit of what one device call may carry, with the working tree (64 MiB together).

@@ -37,6 +37,7 @@ DRY_RUN=0
 CPU_SMOKE=0
 STEPS_SET=0
 PYTHON="${PYTHON:-}"
+CAP_OVERRIDES=()
 
 usage() {
     sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -50,6 +51,8 @@ Options:
   --budget S        seconds for all phases together (default 440)
   --phases LIST     comma-separated subset of: loader,h2d,step-eager,step-compiled,
                     train-simmim,train-sgmim,service (default: all)
+  --cap PHASE=S     at most S seconds for PHASE (repeatable; defaults: loader 70, h2d 40,
+                    step-eager 70, step-compiled 150, train-* 110, service 150)
   --steps N         optimiser steps of each training run (default 120)
   --batch N         batch per GPU (default 128)
   --num-images N    synthetic scenes per epoch, rendered once then cached on disk (default 4096)
@@ -72,6 +75,7 @@ while [[ $# -gt 0 ]]; do
         --results) RESULTS="$2"; shift 2 ;;
         --budget) BUDGET="$2"; shift 2 ;;
         --phases) PHASES="$2"; shift 2 ;;
+        --cap) CAP_OVERRIDES+=("$2"); shift 2 ;;
         --steps) STEPS="$2"; STEPS_SET=1; shift 2 ;;
         --batch) BATCH="$2"; shift 2 ;;
         --num-images) NUM_IMAGES="$2"; shift 2 ;;
@@ -217,6 +221,14 @@ declare -A CAP=([loader]=70 [h2d]=40 [step-eager]=70 [step-compiled]=150 [train-
 if [[ $CPU_SMOKE == 1 ]]; then
     for phase in "${!CAP[@]}"; do CAP[$phase]=$(( CAP[$phase] * 3 )); done
 fi
+for override in "${CAP_OVERRIDES[@]}"; do
+    phase="${override%%=*}" seconds="${override#*=}"
+    if [[ -z "${CAP[$phase]:-}" || ! "$seconds" =~ ^[0-9]+$ ]]; then
+        echo "gpu_check: --cap takes PHASE=SECONDS with a known phase, not $override" >&2
+        exit 2
+    fi
+    CAP[$phase]=$seconds
+done
 phase_command() {
     local phase="$1" common=(--out "$PHASE_DIR" --work "$WORK" --warmup-steps "$WARMUP")
     case "$phase" in

@@ -33,5 +33,8 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     raise_recompile_limit()
     blocks = [m for m in model.modules() if isinstance(m, REPEATED_BLOCKS)]
     for block in blocks:
-        block.compile(backend=backend)
+        # Static shapes: with automatic dynamic shapes the second stage's shape turns the block
+        # symbolic, and inductor (torch 2.11, H200) fails on the window padding's index math
+        # (CantSplit) and falls back to eager after minutes of trying (docs/notes.md).
+        block.compile(backend=backend, dynamic=False)
     return len(blocks)

@@ -148,3 +148,31 @@ def test_regional_compilation_of_the_tiny_model_on_cpu():
     torch.testing.assert_close(grad_c, grad_e, atol=1e-4, rtol=1e-3)
     blocks = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
     assert len(blocks) == 6 and compiled._compiled_call_impl is None, "blocks, not the whole model"
+
+
+def test_each_block_shape_is_compiled_with_static_shapes():
+    """The stages of a Swin differ in shape; with torch's automatic dynamic shapes the second
+    stage's shape made the block's graph symbolic, and on an H200 (torch 2.11) inductor failed on
+    the window padding's index math and fell back to eager after minutes. Every graph handed to
+    the backend must have concrete shapes."""
+    from sgmim.train.compile import compile_blocks
+
+    symbolic_inputs = []
+
+    def recording_backend(graph_module, example_inputs):
+        symbolic_inputs.extend(
+            value for value in example_inputs
+            if isinstance(value, torch.SymInt)
+            or (isinstance(value, torch.Tensor)
+                and any(isinstance(size, torch.SymInt) for size in value.shape)))
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    graphs = []
+    torch.manual_seed(0)
+    model = tiny_model()
+    compile_blocks(model, backend=recording_backend)
+    with torch.no_grad():
+        model(*tiny_batch())
+    assert len(graphs) >= 4, "one graph per distinct block shape (4 stages and the fusion block)"
+    assert symbolic_inputs == []
