@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sgmim.figures import png_panels
+
 
 class AnalysisError(ValueError):
     """Bad input to an analysis (a file that is not an encoder, an empty image folder)."""
@@ -158,30 +160,21 @@ def fourier_analysis(paths: list[Path], data: str = "synthetic", num_images: int
 
 
 def plot_fourier(result: dict, path: Path) -> None:
-    """One panel per stage, one line per encoder (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One panel per stage, one line per encoder."""
     names = [s["name"] for s in result["encoders"][0]["stages"]]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        for enc in result["encoders"]:
-            stage = next((s for s in enc["stages"] if s["name"] == name), None)
-            if stage is not None:
-                ax.plot(stage["frequency"], stage["delta_log_amplitude"], marker="o", ms=3,
-                        label=enc["label"])
-        ax.set_title(name)
-        ax.set_xlabel("frequency (× π)")
-        ax.set_xlim(0, 1)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Δ log amplitude")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_panels(path, len(names), (3.2, 3.0), dpi=120) as axes:
+        for ax, name in zip(axes, names, strict=True):
+            for enc in result["encoders"]:
+                stage = next((s for s in enc["stages"] if s["name"] == name), None)
+                if stage is not None:
+                    ax.plot(stage["frequency"], stage["delta_log_amplitude"], marker="o", ms=3,
+                            label=enc["label"])
+            ax.set_title(name)
+            ax.set_xlabel("frequency (× π)")
+            ax.set_xlim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("Δ log amplitude")
+        axes[-1].legend(fontsize=8)
 
 
 def write_fourier(result: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ import typer
 
 from sgmim.cli.client import Api, api_errors, fail
 from sgmim.cli.jobs import connect, console
+from sgmim.figures import png_panels
 
 DEFAULT_METRICS = ["loss", "loss_img", "loss_struct"]
 
@@ -30,27 +31,18 @@ def fetch_series(api: Api, job_id: str, names: list[str]) -> dict[str, list[tupl
 
 def render(curves: dict[str, dict[str, list[tuple[int, float]]]], output: Path) -> None:
     """curves: job label → metric name → [(step, value)]. Losses on the left, LR on the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, series in curves.items():
-        for name, points in series.items():
-            steps, values = zip(*points, strict=True)
-            ax = ax_lr if name == "lr" else ax_loss
-            ax.plot(steps, values, label=f"{label} {name}" if len(curves) > 1 else name)
-    ax_loss.set(title="losses", xlabel="step")
-    ax_lr.set(title="learning rate", xlabel="step")
-    for ax in (ax_loss, ax_lr):
-        if ax.lines:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    with png_panels(output, 2, (6, 4.5)) as (ax_loss, ax_lr):
+        for label, series in curves.items():
+            for name, points in series.items():
+                steps, values = zip(*points, strict=True)
+                ax = ax_lr if name == "lr" else ax_loss
+                ax.plot(steps, values, label=f"{label} {name}" if len(curves) > 1 else name)
+        ax_loss.set(title="losses", xlabel="step")
+        ax_lr.set(title="learning rate", xlabel="step")
+        for ax in (ax_loss, ax_lr):
+            if ax.lines:
+                ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
 
 
 def plot(

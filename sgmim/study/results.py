@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sgmim.figures import colour_cycle, png_panels
+
 # Direction of each known metric, for the arrows in the table headers.
 LOWER_IS_BETTER = {"rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "silog", "loss"}
 CONFIDENCE = 0.95
@@ -113,36 +115,27 @@ def plot(tables: dict[str, list[RowStats]], curves: dict[str, list[list[tuple[in
          output: Path) -> None:
     """One bar chart per metric (mean, error bar = std, seeds as dots) and the pretraining loss
     curves (one line per cell, one colour per row)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = len(tables) + 1
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (metric, stats) in zip(axes[0], tables.items(), strict=False):
-        xs = range(len(stats))
-        means = [s.mean if math.isfinite(s.mean) else 0.0 for s in stats]
-        errors = [s.std if math.isfinite(s.std) else 0.0 for s in stats]
-        ax.bar(xs, means, yerr=errors, capsize=4, color=[colours[i % len(colours)] for i in xs], alpha=0.7)
-        for i, s in enumerate(stats):
-            ax.plot([i] * len(s.values), list(s.values.values()), "k.", markersize=5)
-        ax.set_xticks(list(xs), [s.row for s in stats], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{metric} {_arrow(metric)}")
-        ax.grid(axis="y", alpha=0.3)
-    ax = axes[0][-1]
-    for i, (row, runs) in enumerate(curves.items()):
-        for j, points in enumerate(runs):
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, color=colours[i % len(colours)], alpha=0.8,
-                        label=row if j == 0 else None)
-    ax.set(title="pretraining loss", xlabel="step")
-    if ax.lines:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    colours = colour_cycle()
+    with png_panels(output, len(tables) + 1, (4.2, 4.2)) as axes:
+        for ax, (metric, stats) in zip(axes, tables.items(), strict=False):
+            xs = range(len(stats))
+            means = [s.mean if math.isfinite(s.mean) else 0.0 for s in stats]
+            errors = [s.std if math.isfinite(s.std) else 0.0 for s in stats]
+            ax.bar(xs, means, yerr=errors, capsize=4, color=[colours[i % len(colours)] for i in xs],
+                   alpha=0.7)
+            for i, s in enumerate(stats):
+                ax.plot([i] * len(s.values), list(s.values.values()), "k.", markersize=5)
+            ax.set_xticks(list(xs), [s.row for s in stats], rotation=20, ha="right", fontsize=8)
+            ax.set_title(f"{metric} {_arrow(metric)}")
+            ax.grid(axis="y", alpha=0.3)
+        ax = axes[-1]
+        for i, (row, runs) in enumerate(curves.items()):
+            for j, points in enumerate(runs):
+                if points:
+                    steps, values = zip(*points, strict=True)
+                    ax.plot(steps, values, color=colours[i % len(colours)], alpha=0.8,
+                            label=row if j == 0 else None)
+        ax.set(title="pretraining loss", xlabel="step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
