@@ -88,7 +88,16 @@ async def _idempotency(_: Request, exc: IdempotencyConflict) -> JSONResponse:
     return JSONResponse({"detail": str(exc), "job_id": exc.job_id}, status_code=409)
 
 
+# What FastAPI raises (a 400) for a body it cannot decode, e.g. one that is not UTF-8; our schema
+# states 422 for every malformed body, as for one that is not JSON
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+        detail = [{"type": "json_invalid", "loc": ["body"],
+                   "msg": "request body is not valid JSON: it must be UTF-8 encoded"}]
+        return JSONResponse({"detail": detail}, status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
