@@ -12,7 +12,8 @@ its launcher's output to the job's log tagged `[node r]`, and keeps its `job_nod
   `stale_heartbeat_s`, or still reserved `gang_start_timeout_s` after the placement, is lost
   (stop, requeue within `max_restarts`; the next placement resumes from the checkpoint). When
   its own trainer fails, it first waits for the others to report, so that a vanished box is
-  told apart from a trainer error;
+  told apart from a trainer error; when it succeeds, it waits (briefly) for the others' exits
+  before the job ends `succeeded`, so that no process of a succeeded attempt still runs;
 - node r > 0 waits for node 0's port, starts its torchrun, and heartbeats its row; when the
   attempt no longer owns the job (failed, requeued, finished) or the job is cancelling, it
   stops its processes. Its trainer's exit code goes to its row (node 0 reads it).
@@ -137,6 +138,7 @@ class GangSupervisor(Supervisor):
             if code is not None:
                 self._stop(0)
                 self._log_line(f"node {self.rank}: {describe_exit(code) if code else 'trainer exited'}")
+                self._pump(final=True)  # node 0 may end the job as soon as this node's row says so
                 self.repo.node_ended(self.job_id, self.attempt, self.rank, NODE_EXITED, code)
                 return "exited" if code == 0 else "failed"
             if time.monotonic() >= next_beat:
@@ -196,7 +198,11 @@ class GangSupervisor(Supervisor):
 
     def _exited(self, node0_finished: bool = False) -> str:
         code = self.procs[0].poll()
-        if code not in (0, None):
+        if code == 0:
+            failed = self._await_peers_exit()
+            if failed is not None:
+                return self._end_for_peer("failed", failed)
+        elif code is not None:
             # a vanished box makes this node's trainer fail first: wait for the others' word
             wait_s = self.settings.stale_heartbeat_s + 2 * self.settings.heartbeat_interval_s
             deadline = time.monotonic() + wait_s
@@ -211,3 +217,32 @@ class GangSupervisor(Supervisor):
                 self._db(self.repo.heartbeat, self.job_id, self.attempt, self.progress())
                 time.sleep(CANCEL_POLL_S)
         return super()._exited(node0_finished)
+
+    def _await_peers_exit(self) -> NodeInfo | None:
+        """Node 0's trainer succeeded: every rank passed the final barrier, so the other nodes'
+        launchers are exiting too. Wait for each to report its exit before the job becomes
+        `succeeded` (the job's end means every process of the attempt is gone, and a node told
+        the attempt is over would kill a launcher that is exiting on its own), at most
+        max(cancel_grace_s, 10 s), heartbeating the job meanwhile; a node still running then is
+        stopped by its own heartbeat. Returns a node that exited non-zero (the attempt fails,
+        as it would on one box)."""
+        deadline = time.monotonic() + max(self.settings.cancel_grace_s, 10.0)
+        next_beat = time.monotonic() + self.settings.heartbeat_interval_s
+        while True:
+            nodes = self._db(self.repo.gang_nodes, self.job_id, self.attempt)
+            if isinstance(nodes, list):
+                peers = nodes[1:]
+                failed = [n for n in peers if n.status == NODE_EXITED and n.exit_code not in (0, None)]
+                if failed:
+                    return failed[0]
+                running = [n for n in peers if n.status in (NODE_RESERVED, NODE_RUNNING)]
+                if not running:
+                    return None
+            if time.monotonic() > deadline:
+                self._log_line("node 0 finished; other nodes did not report an exit: their workers stop them")
+                return None
+            self._pump()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.settings.heartbeat_interval_s
+                self._db(self.repo.heartbeat, self.job_id, self.attempt, self.progress())
+            time.sleep(TICK_S)

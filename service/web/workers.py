@@ -1,9 +1,10 @@
-"""/workers: the workers the database knows of and the queue.
+"""/workers: the worker registry, the jobs running and the queue.
 
-Workers do not register anywhere; the database sees one while it runs a job (its heartbeat) and
-remembers which worker made each attempt. So this page shows busy workers with the age of their
-heartbeat, the workers that made an attempt lately, and the queued jobs in the order workers take
-them. An idle worker that has not run a job lately is not visible here.
+Every worker registers itself (host, the address other nodes' ranks use, GPUs, queues) and
+heartbeats its row; a row older than `stale_heartbeat_s` is a gone worker. The page shows the
+registry (idle workers included), the running jobs with the age of their heartbeat, workers
+that made an attempt lately but are not registered now, and the queued jobs in the order
+workers take them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def workers_page(request: Request, repo: RepoDep, settings: SettingsDep) -> Resp
                 "gpu_type": resources.get("gpu_type"),
             }
         )
-    busy_names = {b["worker"] for b in busy}
+    registered = [
+        {"row": w, "heartbeat_age": (now - w.heartbeat_at).total_seconds(),
+         "alive": (now - w.heartbeat_at).total_seconds() < settings.stale_heartbeat_s}
+        for w in repo.workers()
+    ]
+    busy_names = {b["worker"] for b in busy} | {r["row"].name for r in registered}
     recent: dict[str, dict[str, Any]] = {}
     for attempt in repo.recent_attempts(now - RECENT):
         seen = attempt.finished_at or attempt.started_at
@@ -50,6 +56,7 @@ def workers_page(request: Request, repo: RepoDep, settings: SettingsDep) -> Resp
         entry["attempts"] += 1
         entry["last_seen"] = max(entry["last_seen"], seen)
     context = {
+        "registered": registered,
         "busy": busy,
         "recent": [r for name, r in recent.items() if name not in busy_names],
         "queued": repo.queued_jobs(),

@@ -3,9 +3,13 @@ live-refresh fragment, escaping, the workers page, the job page's sections, the 
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 
+from sqlalchemy import update
+
+from service.db.models import Worker, utcnow
 from tests.service.conftest import PRETRAIN, Api
 
 OLDER = re.compile(r'id="older" href="([^"]+)"')
@@ -77,6 +81,24 @@ def test_workers_page_shows_busy_workers_and_the_queue_in_order(api: Api):
     assert "gpu-box-7" in busy and "busy-job" in busy and "4 × h200" in busy and ">alive<" in busy
     queue = page[page.index('id="queue"') :]
     assert queue.index(high["id"]) < queue.index(low["id"])
+
+
+def test_workers_page_lists_the_registry_idle_busy_and_gone(api: Api):
+    api.repo.register_worker("idle-w@box-1", "box-1", "10.0.0.1", 2, ["h200"], ["sgmim", "sgmim.h200"])
+    api.repo.register_worker("busy-w@box-2", "box-2", "10.0.0.2", 0, [], ["sgmim"])
+    api.repo.register_worker("gone-w@box-3", "box-3", "10.0.0.3", 0, [], ["sgmim"])
+    job = api.submit({**PRETRAIN, "name": "on-box-2"})
+    assert api.repo.claim_job(job["id"], "busy-w@box-2") == 1
+    with api.repo.db.write() as s:  # stopped heartbeating an hour ago
+        s.execute(update(Worker).where(Worker.name == "gone-w@box-3")
+                  .values(heartbeat_at=utcnow() - dt.timedelta(hours=1)))
+    page = api.client.get("/workers").text
+    table = page[page.index('id="registered"') : page.index('id="busy"')]
+    rows = {name: table[table.index(name) :].split("</tr>")[0] for name in ("idle-w", "busy-w", "gone-w")}
+    assert "box-1 (10.0.0.1)" in rows["idle-w"] and "2 × h200" in rows["idle-w"]
+    assert "sgmim, sgmim.h200" in rows["idle-w"] and "idle" in rows["idle-w"] and ">alive<" in rows["idle-w"]
+    assert f'href="/jobs/{job["id"]}"' in rows["busy-w"] and "(attempt 1)" in rows["busy-w"]
+    assert ">gone<" in rows["gone-w"] and ">alive<" not in rows["gone-w"]
 
 
 def test_submit_reports_yaml_and_field_errors_with_lines(api: Api):

@@ -59,6 +59,23 @@ def test_a_gang_waits_with_its_reason_and_reserves_nothing(repo: JobRepo):
     assert repo.live_hosts("sgmim", STALE_S) == {"host-a", "host-c"}
 
 
+def test_a_waiting_gang_does_not_hold_back_single_node_jobs(repo: JobRepo):
+    """A gang that cannot be placed reserves nothing, so single-node jobs take the free workers
+    meanwhile (they are never starved by it); the gang is placed once enough are free."""
+    register(repo, ("a1", "host-a"), ("b1", "host-b"))
+    single_before = submit_spec(repo)
+    assert repo.claim_job(single_before, "a1") == 1
+    gang = gang_job(repo)
+    assert isinstance(repo.reserve_gang(gang, STALE_S), str), "one free host: the gang waits"
+    single_after = submit_spec(repo)  # submitted after the waiting gang
+    assert repo.claim_job(single_after, "b1") == 1, "the free worker is not held for the gang"
+    assert repo.get(single_after).status == "running"
+    for name, job_id in (("a1", single_before), ("b1", single_after)):
+        repo.release_worker(name, job_id)
+    placed = repo.reserve_gang(gang, STALE_S)
+    assert isinstance(placed, Gang) and {n.worker for n in placed.nodes} == {"a1", "b1"}
+
+
 def test_competing_gangs_never_split_workers_or_deadlock(repo: JobRepo):
     register(repo, *[(f"w{i}", f"host-{i}") for i in range(5)])
     jobs = [gang_job(repo) for _ in range(4)]
