@@ -202,7 +202,7 @@ class Dispatcher:
     """Sends the wake-up messages of submitted jobs off the request path. The jobs row is the
     outbox entry (queued, `enqueued_at` NULL): a submit stores it and pokes the dispatcher, whose
     thread sends every unsent job at once (and every `interval_s` anyway). Several API processes
-    each run one; `claim_send` lets exactly one of them send a job. A send that fails unmarks the
+    each run one; `claim_sends` lets exactly one of them send a job. A send that fails unmarks the
     job and ends the pass: the next poke, pass or the reaper sends it."""
 
     def __init__(self, repo: JobRepo, broker: Broker, interval_s: float = 1.0):
@@ -244,18 +244,20 @@ class Dispatcher:
             jobs = [job for job in self.repo.unsent_queued() if job.id not in tried]
             if not jobs:
                 return sent
+            tried.update(job.id for job in jobs)  # a gang that waits for workers stays unsent: once per pass
+            singles = [job for job in jobs if not needs_gang(self.broker, job)]
             for job in jobs:
-                tried.add(job.id)  # a gang that waits for workers stays unsent: once per pass
                 if needs_gang(self.broker, job):
                     sent += place_gang(self.repo, self.broker, job)
-                    continue
-                if not self.repo.claim_send(job.id):
-                    continue
+            claimed = self.repo.claim_sends([job.id for job in singles])
+            mine = [job for job in singles if job.id in claimed]
+            for i, job in enumerate(mine):
                 try:
                     self.broker.enqueue(job.id, job.queue, job.priority)
                 except Exception as exc:
                     log.warning("job %s: wake-up message not sent (retried later): %s", job.id, exc)
-                    self.repo.mark_unsent(job.id)
+                    for unsent in mine[i:]:  # claimed by this pass, not sent: the next pass sends them
+                        self.repo.mark_unsent(unsent.id)
                     return sent
                 sent += 1
         return sent

@@ -72,7 +72,6 @@ CURSOR_PATTERN = r"^[0-9a-z]{1,32}$"
 )
 async def submit_job(
     request: Request,
-    response: Response,
     repo: RepoDep,
     broker: BrokerDep,
     dispatcher: DispatcherDep,
@@ -85,7 +84,7 @@ async def submit_job(
             "the same key with another body is a 409",
         ),
     ] = None,
-) -> JobOut:
+) -> Response:
     """Validate the spec, check its parent, store the job as `queued` and have the dispatcher
     send the wake-up message (it carries only the job id) right after. 201 with the job."""
     data = decode_body(await request.body())
@@ -98,9 +97,13 @@ async def submit_job(
     result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
     if result.created:
         dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
-    response.status_code = 201 if result.created else 200
-    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{result.job.id}"
-    return JobOut.from_row(result.job)
+    # serialised here, once: returning the model would have FastAPI validate it again first
+    return Response(
+        JobOut.from_row(result.job).model_dump_json(),
+        status_code=201 if result.created else 200,
+        media_type="application/json",
+        headers={"Location": f"{request.scope['path'].rstrip('/')}/{result.job.id}"},
+    )
 
 
 def _submit(
