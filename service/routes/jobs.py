@@ -15,7 +15,7 @@ from service import artifacts
 from service.broker import Broker, dispatch
 from service.db.base import sha256_hex
 from service.db.repo import JobRepo, SubmitResult
-from service.deps import BrokerDep, DispatcherDep, RepoDep, SettingsDep
+from service.deps import BrokerDep, RepoDep, ServicesDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
 from service.routes.common import (
@@ -72,10 +72,7 @@ CURSOR_PATTERN = r"^[0-9a-z]{1,32}$"
 )
 async def submit_job(
     request: Request,
-    repo: RepoDep,
-    broker: BrokerDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -94,9 +91,11 @@ async def submit_job(
     if idempotency_key is not None:
         key_hash = sha256_hex(idempotency_key)
         body_hash = sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-    result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
+    result = await run_in_threadpool(
+        _submit, data, key_hash, body_hash, services.repo, services.broker, services.settings
+    )
     if result.created:
-        dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
+        services.dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
     # serialised here, once: returning the model would have FastAPI validate it again first
     return Response(
         JobOut.from_row(result.job).model_dump_json(),
