@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from service.batcher import SubmitBatcher
 from service.broker import Broker, Dispatcher
 from service.db.repo import JobRepo
 from service.db.session import Database
@@ -51,12 +52,13 @@ class Services:
     repo: JobRepo
     broker: Broker
     dispatcher: Dispatcher
+    batcher: SubmitBatcher
     settings: Settings
 
 
 async def get_services(request: Request) -> Services:
     state = request.app.state
-    return Services(state.repo, state.broker, state.dispatcher, state.settings)
+    return Services(state.repo, state.broker, state.dispatcher, state.batcher, state.settings)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

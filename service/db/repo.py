@@ -282,11 +282,7 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
                 if idempotency_key_hash is not None:
                     _claim_key(conn, idempotency_key_hash, idempotency_ttl_s)
                 conn.execute(_INSERT_JOB, _job_values(job))
-                conn.execute(
-                    _INSERT_EVENT,
-                    dict(job_id=job.id, seq=1, time=job.created_at.timestamp(), status=JobStatus.QUEUED,
-                         previous=None, attempt=0, error=None),
-                )
+                conn.execute(_INSERT_EVENT, _first_event(job))
                 if idempotency_key_hash is not None:
                     conn.execute(
                         _INSERT_KEY,
@@ -306,6 +302,17 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
                 raise
             return SubmitResult(found, False)
         return SubmitResult(job, True)
+
+    def submit_many(self, specs: Sequence[tuple[dict[str, Any], str]]) -> list[NewJob]:
+        """Store validated specs, each with its queue, as queued jobs in one transaction (no
+        idempotency keys): all or none. The group commit of `service.batcher`."""
+        jobs = [_new_job(spec, queue) for spec, queue in specs]
+        if not jobs:
+            return jobs
+        with self.db.write_connection() as conn:
+            conn.execute(_INSERT_JOB, [_job_values(job) for job in jobs])
+            conn.execute(_INSERT_EVENT, [_first_event(job) for job in jobs])
+        return jobs
 
     def _idempotent_lookup(self, key_hash: str, body_hash: str | None, ttl_s: float) -> Job | None:
         with self.db.read() as s:
@@ -768,6 +775,11 @@ def _new_job(spec: dict[str, Any], queue: str) -> NewJob:
 
 def _job_values(job: NewJob) -> dict[str, Any]:
     return {name: getattr(job, name) for name in _JOB_COLUMNS}
+
+
+def _first_event(job: NewJob) -> dict[str, Any]:
+    return dict(job_id=job.id, seq=1, time=job.created_at.timestamp(), status=JobStatus.QUEUED,
+                previous=None, attempt=0, error=None)
 
 
 def _claim_key(conn: Connection, key_hash: str, ttl_s: float) -> None:
