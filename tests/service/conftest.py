@@ -242,9 +242,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    backend: Backend, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A uvicorn process on a database of its own: its dispatcher sends every unsent job of its
+    database to its own broker folder, which would take the jobs of the other tests (their apps
+    have other folders) if it shared theirs."""
     data_dir = tmp_path_factory.mktemp(f"uvicorn-{backend.name}")
-    settings = make_settings(data_dir, backend.url)
+    admin_url = request.getfixturevalue("pg_admin_url") if backend.name == "postgres" else None
+    database_url = create_pg_database(admin_url) if admin_url else f"sqlite:///{data_dir / 'server.db'}"
+    settings = make_settings(data_dir, database_url)
     log = data_dir / "uvicorn.log"
     proc, url = start_uvicorn(settings, log=log)
     from service.db.session import Database
@@ -255,6 +262,8 @@ def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         stop(proc)
         db.dispose()
+        if admin_url:
+            drop_pg_database(admin_url, database_url)
 
 
 @pytest.fixture(scope="session")
