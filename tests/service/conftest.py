@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,29 +242,39 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+@contextmanager
+def own_database(backend: Backend, request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
+    """The URL of a database of its own on the backend's server, dropped afterwards. A service
+    started on it has the only dispatcher there: every dispatcher sends each unsent job of its
+    database to its own broker folder, so one sharing the session database (the `app_env` app's,
+    the other tests') would take some of its jobs."""
+    admin_url = request.getfixturevalue("pg_admin_url") if backend.name == "postgres" else None
+    database_url = create_pg_database(admin_url) if admin_url else f"sqlite:///{data_dir / 'own.db'}"
+    try:
+        yield database_url
+    finally:
+        if admin_url:
+            drop_pg_database(admin_url, database_url)
+
+
 @pytest.fixture(scope="session")
 def server(
     backend: Backend, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """A uvicorn process on a database of its own: its dispatcher sends every unsent job of its
-    database to its own broker folder, which would take the jobs of the other tests (their apps
-    have other folders) if it shared theirs."""
+    """A uvicorn process on a database of its own (see `own_database`)."""
     data_dir = tmp_path_factory.mktemp(f"uvicorn-{backend.name}")
-    admin_url = request.getfixturevalue("pg_admin_url") if backend.name == "postgres" else None
-    database_url = create_pg_database(admin_url) if admin_url else f"sqlite:///{data_dir / 'server.db'}"
-    settings = make_settings(data_dir, database_url)
-    log = data_dir / "uvicorn.log"
-    proc, url = start_uvicorn(settings, log=log)
-    from service.db.session import Database
+    with own_database(backend, request, data_dir) as database_url:
+        settings = make_settings(data_dir, database_url)
+        log = data_dir / "uvicorn.log"
+        proc, url = start_uvicorn(settings, log=log)
+        from service.db.session import Database
 
-    db = Database.from_settings(settings)
-    try:
-        yield Server(url, settings, JobRepo(db), proc, log)
-    finally:
-        stop(proc)
-        db.dispose()
-        if admin_url:
-            drop_pg_database(admin_url, database_url)
+        db = Database.from_settings(settings)
+        try:
+            yield Server(url, settings, JobRepo(db), proc, log)
+        finally:
+            stop(proc)
+            db.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service.db.repo import JobRepo
+from service.db.session import Database
 from tests.service.conftest import (
     PRETRAIN,
     ROOT,
@@ -25,6 +26,7 @@ from tests.service.conftest import (
     broker_messages,
     free_port,
     make_settings,
+    own_database,
     stop,
 )
 from tests.service.test_uvicorn import sse_events, wait_until
@@ -59,17 +61,21 @@ def serve(data_dir: Path, database_url: str) -> tuple[subprocess.Popen[bytes], s
 
 
 @pytest.fixture
-def api_processes(backend: Backend, repo: JobRepo, tmp_path: Path):
-    settings = make_settings(tmp_path, backend.url)
-    proc, url = serve(tmp_path, backend.url)
-    try:
-        yield url, settings
-    finally:
-        stop(proc)
+def api_processes(backend: Backend, request: pytest.FixtureRequest, tmp_path: Path):
+    """The processes on a database of their own: their two dispatchers are the only ones there."""
+    with own_database(backend, request, tmp_path) as database_url:
+        settings = make_settings(tmp_path, database_url)
+        proc, url = serve(tmp_path, database_url)
+        db = Database.from_settings(settings)
+        try:
+            yield url, settings, JobRepo(db)
+        finally:
+            stop(proc)
+            db.dispose()
 
 
-def test_concurrent_submits_are_stored_and_sent_exactly_once(api_processes, repo: JobRepo):
-    url, settings = api_processes
+def test_concurrent_submits_are_stored_and_sent_exactly_once(api_processes):
+    url, settings, repo = api_processes
 
     def submit(i: int) -> httpx.Response:
         with httpx.Client(base_url=url, timeout=30) as client:  # a new connection each time
@@ -89,8 +95,8 @@ def test_concurrent_submits_are_stored_and_sent_exactly_once(api_processes, repo
     assert sorted(sent) == sorted(ids), "one message per job, whichever process stored it"
 
 
-def test_sse_resumed_on_new_connections_delivers_every_event_once(api_processes, repo: JobRepo):
-    url, _ = api_processes
+def test_sse_resumed_on_new_connections_delivers_every_event_once(api_processes):
+    url, _, repo = api_processes
     job_id = httpx.post(url + JOBS, json={**PRETRAIN, "name": "sse"}, timeout=30).json()["id"]
     attempt = repo.claim_job(job_id, "w")
 
