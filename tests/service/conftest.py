@@ -25,6 +25,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from service.db.models import Base
 from service.db.repo import JobRepo
@@ -86,14 +87,23 @@ def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settin
     return Settings(**values)
 
 
-def reset_database(repo: JobRepo) -> None:
+def reset_database(repo: JobRepo, tries: int = 5) -> None:
+    """Empty every table. On Postgres the TRUNCATE can be chosen as the victim of a deadlock with
+    a background thread of a session app (its dispatcher's claims, housekeeping): tried again."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    with repo.db.write() as s:
-        if repo.db.dialect == "postgresql":
-            s.execute(text("TRUNCATE " + ", ".join(tables) + " CASCADE"))
-        else:
-            for t in tables:
-                s.execute(text(f"DELETE FROM {t}"))
+    for attempt in range(tries):
+        try:
+            with repo.db.write() as s:
+                if repo.db.dialect == "postgresql":
+                    s.execute(text("TRUNCATE " + ", ".join(tables) + " CASCADE"))
+                else:
+                    for t in tables:
+                        s.execute(text(f"DELETE FROM {t}"))
+            return
+        except DBAPIError as exc:
+            if "deadlock detected" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 @dataclass
