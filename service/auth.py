@@ -14,6 +14,7 @@ never answer, and a same-origin `Origin`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -49,6 +50,7 @@ def same_origin(origin: str, host: str) -> bool:
     return _host_port(parts.netloc, parts.scheme) == _host_port(host, parts.scheme)
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request in the loopback mode, of a few hosts
 def is_loopback(host: str) -> bool:
     """True for loopback addresses and names (127.0.0.0/8, ::1, localhost)."""
     host = host.strip("[]")
@@ -60,6 +62,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def is_non_loopback_ip(host: str) -> bool:
     """True only for a literal IP address that is not loopback (names are not judged)."""
     try:

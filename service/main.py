@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import errors
 from service.auth import AuthState
+from service.batcher import SubmitBatcher
 from service.broker import Broker, Dispatcher
 from service.db import migrate
 from service.db.repo import JobRepo
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db, app.state.repo, app.state.broker = db, repo, broker
         app.state.dispatcher = dispatcher = Dispatcher(repo, broker)
         dispatcher.start()
+        app.state.batcher = batcher = SubmitBatcher(repo)
+        batcher.start()
         # Importing sgmim (torch, timm) leaves ~0.5 M long-lived objects; a full collection then
         # takes ~200 ms and lands on some request. Move them out of the collector's sight.
         gc.collect()
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
+        batcher.stop()
         dispatcher.stop()
         broker.close()
         db.dispose()

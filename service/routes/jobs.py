@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -15,7 +17,7 @@ from service import artifacts
 from service.broker import Broker, dispatch
 from service.db.base import sha256_hex
 from service.db.repo import JobRepo, SubmitResult
-from service.deps import BrokerDep, DispatcherDep, RepoDep, SettingsDep
+from service.deps import BrokerDep, RepoDep, ServicesDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
 from service.routes.common import (
@@ -39,7 +41,7 @@ from service.schemas import (
     JobSummary,
 )
 from service.settings import Settings
-from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
+from sgmim.spec import REQUIRED_PARENT_KIND, AnyJob, parse_spec
 from sgmim.spec.job import TAG_PATTERN, Tag
 from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 from sgmim.status import JobStatus
@@ -72,11 +74,7 @@ CURSOR_PATTERN = r"^[0-9a-z]{1,32}$"
 )
 async def submit_job(
     request: Request,
-    response: Response,
-    repo: RepoDep,
-    broker: BrokerDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -85,39 +83,69 @@ async def submit_job(
             "the same key with another body is a 409",
         ),
     ] = None,
-) -> JobOut:
+) -> Response:
     """Validate the spec, check its parent, store the job as `queued` and have the dispatcher
     send the wake-up message (it carries only the job id) right after. 201 with the job."""
     data = decode_body(await request.body())
     if not isinstance(data, dict):
         raise SpecValidationError([("", "a job spec must be a JSON object")], "model_type")
-    key_hash = body_hash = None
-    if idempotency_key is not None:
-        key_hash = sha256_hex(idempotency_key)
-        body_hash = sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-    result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
+    settings = services.settings
+    # validated here, not in a worker thread: pure CPU, and the GIL would serialise it anyway
+    spec = _validate(data, settings)
+    queue = services.broker.queue_for(spec.resources.gpu_type)
+    if spec.parent is not None or _placed_on_workers(spec, settings):
+        await run_in_threadpool(_check_with_database, spec, queue, services.repo, settings)
+    dumped = spec.model_dump(mode="json")
+    if idempotency_key is None:
+        result = SubmitResult(await asyncio.wrap_future(services.batcher.submit(dumped, queue)), True)
+    else:
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        store = functools.partial(
+            services.repo.submit, dumped, queue=queue, idempotency_key_hash=sha256_hex(idempotency_key),
+            body_hash=sha256_hex(body), idempotency_ttl_s=settings.idempotency_ttl_s,
+        )
+        result = await run_in_threadpool(store)
     if result.created:
-        dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
-    response.status_code = 201 if result.created else 200
-    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{result.job.id}"
-    return JobOut.from_row(result.job)
+        services.dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
+    # serialised here, once: returning the model would have FastAPI validate it again first
+    return Response(
+        JobOut.from_row(result.job).model_dump_json(),
+        status_code=201 if result.created else 200,
+        media_type="application/json",
+        headers={"Location": f"{request.scope['path'].rstrip('/')}/{result.job.id}"},
+    )
 
 
-def _submit(
-    data: dict, key_hash: str | None, body_hash: str | None, repo: JobRepo, broker: Broker, settings: Settings
-) -> SubmitResult:
-    """Validate, check the parent, store: one worker thread per request."""
+def _validate(data: dict, settings: Settings) -> AnyJob:
+    """The checks that need no database: strings, the spec's schema, data paths."""
     check_strings(data, settings.max_string_length)
     spec = parse_spec(data)
     outside = paths_outside(spec, settings.allowed_data_roots(), resolve=False)
     if outside:
         raise SpecValidationError(outside, PATH_NOT_ALLOWED)
+    return spec
+
+
+def submit_in_thread(data: dict, repo: JobRepo, broker: Broker, settings: Settings) -> SubmitResult:
+    """The whole submit in one blocking call, without an idempotency key (the dashboard's form)."""
+    spec = _validate(data, settings)
+    queue = broker.queue_for(spec.resources.gpu_type)
+    _check_with_database(spec, queue, repo, settings)
+    return repo.submit(spec.model_dump(mode="json"), queue=queue)
+
+
+def _placed_on_workers(spec: AnyJob, settings: Settings) -> bool:
+    return spec.resources.nodes > 1 and settings.multinode_launcher == "workers"
+
+
+def _check_with_database(spec: AnyJob, queue: str, repo: JobRepo, settings: Settings) -> None:
+    """The parent exists, has succeeded and has the checkpoint; a multi-node job placed on
+    workers has enough hosts with a live worker."""
     if spec.parent is not None:
         repo.check_parent(
             spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
         )
-    queue = broker.queue_for(spec.resources.gpu_type)
-    if spec.resources.nodes > 1 and settings.multinode_launcher == "workers":
+    if _placed_on_workers(spec, settings):
         hosts = repo.live_hosts(queue, settings.stale_heartbeat_s)
         if len(hosts) < spec.resources.nodes:
             raise SpecValidationError(
@@ -126,14 +154,6 @@ def _submit(
                   + (f" ({', '.join(sorted(hosts))})" if hosts else "")
                   + "; a multi-node job runs one node per host")],
             )
-    result = repo.submit(
-        spec.model_dump(mode="json"),
-        queue=queue,
-        idempotency_key_hash=key_hash,
-        body_hash=body_hash,
-        idempotency_ttl_s=settings.idempotency_ttl_s,
-    )
-    return result
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=INVALID)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from service.db.models import Base
 from service.db.repo import JobRepo
@@ -85,14 +87,23 @@ def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settin
     return Settings(**values)
 
 
-def reset_database(repo: JobRepo) -> None:
+def reset_database(repo: JobRepo, tries: int = 5) -> None:
+    """Empty every table. On Postgres the TRUNCATE can be chosen as the victim of a deadlock with
+    a background thread of a session app (its dispatcher's claims, housekeeping): tried again."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    with repo.db.write() as s:
-        if repo.db.dialect == "postgresql":
-            s.execute(text("TRUNCATE " + ", ".join(tables) + " CASCADE"))
-        else:
-            for t in tables:
-                s.execute(text(f"DELETE FROM {t}"))
+    for attempt in range(tries):
+        try:
+            with repo.db.write() as s:
+                if repo.db.dialect == "postgresql":
+                    s.execute(text("TRUNCATE " + ", ".join(tables) + " CASCADE"))
+                else:
+                    for t in tables:
+                        s.execute(text(f"DELETE FROM {t}"))
+            return
+        except DBAPIError as exc:
+            if "deadlock detected" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 @dataclass
@@ -241,20 +252,39 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session")
-def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp(f"uvicorn-{backend.name}")
-    settings = make_settings(data_dir, backend.url)
-    log = data_dir / "uvicorn.log"
-    proc, url = start_uvicorn(settings, log=log)
-    from service.db.session import Database
-
-    db = Database.from_settings(settings)
+@contextmanager
+def own_database(backend: Backend, request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
+    """The URL of a database of its own on the backend's server, dropped afterwards. A service
+    started on it has the only dispatcher there: every dispatcher sends each unsent job of its
+    database to its own broker folder, so one sharing the session database (the `app_env` app's,
+    the other tests') would take some of its jobs."""
+    admin_url = request.getfixturevalue("pg_admin_url") if backend.name == "postgres" else None
+    database_url = create_pg_database(admin_url) if admin_url else f"sqlite:///{data_dir / 'own.db'}"
     try:
-        yield Server(url, settings, JobRepo(db), proc, log)
+        yield database_url
     finally:
-        stop(proc)
-        db.dispose()
+        if admin_url:
+            drop_pg_database(admin_url, database_url)
+
+
+@pytest.fixture(scope="session")
+def server(
+    backend: Backend, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A uvicorn process on a database of its own (see `own_database`)."""
+    data_dir = tmp_path_factory.mktemp(f"uvicorn-{backend.name}")
+    with own_database(backend, request, data_dir) as database_url:
+        settings = make_settings(data_dir, database_url)
+        log = data_dir / "uvicorn.log"
+        proc, url = start_uvicorn(settings, log=log)
+        from service.db.session import Database
+
+        db = Database.from_settings(settings)
+        try:
+            yield Server(url, settings, JobRepo(db), proc, log)
+        finally:
+            stop(proc)
+            db.dispose()
 
 
 @pytest.fixture(scope="session")
