@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from typing import Annotated, TypeVar
@@ -12,9 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import artifacts
-from service.broker import Broker, dispatch
-from service.db.base import sha256_hex
-from service.db.repo import JobRepo, SubmitResult
+from service.broker import dispatch
 from service.deps import BrokerDep, DispatcherDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
@@ -24,9 +21,7 @@ from service.routes.common import (
     INVALID,
     NOT_FOUND,
     JobIdDep,
-    check_strings,
     decode_body,
-    safe_text,
 )
 from service.schemas import (
     ConflictOut,
@@ -39,9 +34,9 @@ from service.schemas import (
     JobSummary,
 )
 from service.settings import Settings
-from sgmim.spec import REQUIRED_PARENT_KIND, parse_spec
+from service.submission import submit_spec
+from service.texts import safe_text
 from sgmim.spec.job import TAG_PATTERN, Tag
-from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
@@ -91,49 +86,12 @@ async def submit_job(
     data = decode_body(await request.body())
     if not isinstance(data, dict):
         raise SpecValidationError([("", "a job spec must be a JSON object")], "model_type")
-    key_hash = body_hash = None
-    if idempotency_key is not None:
-        key_hash = sha256_hex(idempotency_key)
-        body_hash = sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-    result = await run_in_threadpool(_submit, data, key_hash, body_hash, repo, broker, settings)
+    result = await run_in_threadpool(submit_spec, data, idempotency_key, repo, broker, settings)
     if result.created:
         dispatcher.poke()  # the wake-up message leaves the request path (service/broker.py)
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = f"{request.url.path.rstrip('/')}/{result.job.id}"
     return JobOut.from_row(result.job)
-
-
-def _submit(
-    data: dict, key_hash: str | None, body_hash: str | None, repo: JobRepo, broker: Broker, settings: Settings
-) -> SubmitResult:
-    """Validate, check the parent, store: one worker thread per request."""
-    check_strings(data, settings.max_string_length)
-    spec = parse_spec(data)
-    outside = paths_outside(spec, settings.allowed_data_roots(), resolve=False)
-    if outside:
-        raise SpecValidationError(outside, PATH_NOT_ALLOWED)
-    if spec.parent is not None:
-        repo.check_parent(
-            spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
-        )
-    queue = broker.queue_for(spec.resources.gpu_type)
-    if spec.resources.nodes > 1 and settings.multinode_launcher == "workers":
-        hosts = repo.live_hosts(queue, settings.stale_heartbeat_s)
-        if len(hosts) < spec.resources.nodes:
-            raise SpecValidationError(
-                [("resources.nodes", f"the job asks for {spec.resources.nodes} nodes, but only "
-                  f"{len(hosts)} host(s) have a live worker serving queue {queue}"
-                  + (f" ({', '.join(sorted(hosts))})" if hosts else "")
-                  + "; a multi-node job runs one node per host")],
-            )
-    result = repo.submit(
-        spec.model_dump(mode="json"),
-        queue=queue,
-        idempotency_key_hash=key_hash,
-        body_hash=body_hash,
-        idempotency_ttl_s=settings.idempotency_ttl_s,
-    )
-    return result
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=INVALID)
