@@ -24,6 +24,7 @@ import yaml
 from service.db.repo import JobRepo
 from service.db.session import Database
 from sgmim.spec.study import inline_study, load_study
+from tests.service import study_worker
 from tests.service.conftest import (
     ROOT,
     Backend,
@@ -104,24 +105,8 @@ def at(stage: str, status: str):
     return lambda study: all(c["stage"] == stage and c["status"] == status for c in study["cells"])
 
 
-def finish_due(stack: Stack, study: dict, stage: str, fail: set[str] = frozenset()) -> None:
-    """Play the worker for each cell's queued job of `stage`: evaluation jobs write eval.json (and
-    record it for seed 0 only: the service must read the run directory's file for the others)."""
-    for cell in study["cells"]:
-        job_id = cell["stages"][stage]["job_id"]
-        if cell["stages"][stage]["status"] != "queued":
-            continue
-        attempt = stack.repo.claim_job(job_id, "test-worker")
-        if stage == "evaluate":
-            rmse, delta1 = REPORTED[(cell["row"], cell["seed"])]
-            evaluation = {"task": "depth", "metrics": {"rmse": rmse, "abs_rel": rmse / 4, "delta1": delta1}}
-            run = stack.settings.run_dir(job_id)
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "eval.json").write_text(json.dumps(evaluation))
-            if cell["seed"] == 0:
-                stack.repo.set_evaluation(job_id, evaluation)
-        outcome = "failed" if cell["id"] in fail else "succeeded"
-        assert stack.repo.finish_job(job_id, attempt, outcome, "boom" if outcome == "failed" else None)
+def finish_due(stack: Stack, study: dict, stage: str, fail: frozenset[str] = frozenset()) -> None:
+    study_worker.finish_due(stack.repo, stack.settings, study, stage, REPORTED, fail)
 
 
 def test_a_study_advances_replays_retries_and_tabulates(stack: Stack, tmp_path):
@@ -138,7 +123,7 @@ def test_a_study_advances_replays_retries_and_tabulates(stack: Stack, tmp_path):
 
     # the API restarts while the pretraining runs: the stored study is advanced by the new one
     stop(stack.proc)
-    finish_due(stack, first.json(), "pretrain", fail={"simmim-s1"})
+    finish_due(stack, first.json(), "pretrain", fail=frozenset({"simmim-s1"}))
     stack.start()
     assert [s["name"] for s in stack.get("/studies").json()["items"]] == ["tiny-methods"]
     study = wait_for(stack, "tiny-methods", lambda s: sum(c["stage"] == "finetune" for c in s["cells"]) == 3)
