@@ -138,12 +138,12 @@ STUDY_EXAMPLE: dict[str, Any] = {
 
 
 def study_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
-    """StudySpec as posted, and its StudyVariant: the base jobs are JobSpecs inline (the
-    service reads no files)."""
+    """StudySpec as posted, and its StudyVariant: the base jobs are job specs of their kind,
+    inline (the service reads no files)."""
     schema = copy.deepcopy(StudySpec.model_json_schema())
     variant = schema.pop("$defs")["Variant"]
     for stage in STAGES:
-        schema["properties"][stage] = {"$ref": "#/components/schemas/JobSpec",
+        schema["properties"][stage] = {"$ref": f"#/components/schemas/{stage.capitalize()}Job",
                                        "description": f"the base {stage} job, inline"}
     schema["properties"]["variants"]["items"] = {"$ref": "#/components/schemas/StudyVariant"}
     schema["title"] = "StudySpec"
@@ -153,7 +153,18 @@ def study_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
         "guidance.*, loss.*, encoder.* or a dotted key of one job (pretrain.config.optim.base_lr). "
         "A 422 names the study's field, or the cell, stage and field of the job it breaks."
     )
-    components = {"StudySpec": schema, "StudyVariant": variant}
+    # the values (and keys) a study sets are any JSON, with every string bounded like the rest
+    value = {"$ref": "#/components/schemas/StudyValue"}
+    keys = {"type": "string", "pattern": NO_NUL, "maxLength": max_string_length}
+    schema["properties"]["axes"].update(propertyNames=keys)
+    schema["properties"]["axes"]["additionalProperties"]["items"] = value
+    variant["properties"]["set"].update(propertyNames=keys, additionalProperties=value)
+    any_value = {"description": "any JSON value; strings (and keys) without NUL, at most the API's "
+                                "string length", "anyOf": [
+        {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+        {"type": "array", "items": value},
+        {"type": "object", "propertyNames": keys, "additionalProperties": value}]}
+    components = {"StudySpec": schema, "StudyVariant": variant, "StudyValue": any_value}
     _bound_strings(components, max_string_length)
     return components
 

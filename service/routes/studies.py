@@ -109,18 +109,22 @@ def get_results(name: NameDep, studies: StudiesDep) -> Any:
     return json.loads(results.to_json(spec.name, spec.baseline_label(), tables, cells))
 
 
-@router.get("/{name}/results.csv", response_class=PlainTextResponse, summary="The results table as CSV",
-            responses={**STUDY_NOT_FOUND, 200: {"content": {"text/csv": {}}}})
-def get_results_csv(name: NameDep, studies: StudiesDep) -> PlainTextResponse:
+def _text(media_type: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": "the table", "content": {media_type: {"schema": {"type": "string"}}}},
+            **STUDY_NOT_FOUND}
+
+
+@router.get("/{name}/results.csv", response_class=Response, summary="The results table as CSV",
+            responses=_text("text/csv"))
+def get_results_csv(name: NameDep, studies: StudiesDep) -> Response:
     _, tables, _ = studies.tables(studies.repo.study(name))
     return PlainTextResponse(results.to_csv(tables), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
-@router.get("/{name}/results.md", response_class=PlainTextResponse,
-            summary="The results table as Markdown",
-            responses={**STUDY_NOT_FOUND, 200: {"content": {"text/markdown": {}}}})
-def get_results_markdown(name: NameDep, studies: StudiesDep) -> PlainTextResponse:
+@router.get("/{name}/results.md", response_class=Response, summary="The results table as Markdown",
+            responses=_text("text/markdown"))
+def get_results_markdown(name: NameDep, studies: StudiesDep) -> Response:
     spec, tables, _ = studies.tables(studies.repo.study(name))
     return PlainTextResponse(results.markdown(spec.name, spec.baseline_label(), tables),
                              media_type="text/markdown; charset=utf-8",
