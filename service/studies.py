@@ -11,6 +11,7 @@ every active study (`advance_active`, a loop in the API's lifespan).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import threading
@@ -126,6 +127,7 @@ class Studies:
     def __init__(self, repo: JobRepo, broker: Broker, dispatcher: Dispatcher, settings: Settings):
         self.repo, self.broker, self.dispatcher, self.settings = repo, broker, dispatcher, settings
         self.lock = threading.Lock()
+        self.loaded: dict[str, tuple[str, Loaded]] = {}  # name → (its spec as JSON, expanded)
 
     def post(self, data: Any) -> tuple[Advanced, bool]:
         """Store (or update) the study and submit what is due now: (advanced, study created)."""
@@ -134,8 +136,14 @@ class Studies:
         return self.advance(loaded.spec.name), created
 
     def cells_of(self, study: Study) -> Loaded:
-        spec, bases = parse_study(study.spec, None)
-        return Loaded(spec, expand(spec, bases))
+        """The study's spec and cells; expanded once per version of its spec (every pass and
+        page needs them, and expanding validates every cell's jobs)."""
+        key = json.dumps(study.spec, sort_keys=True)
+        cached = self.loaded.get(study.name)
+        if cached is None or cached[0] != key:
+            spec, bases = parse_study(study.spec, None)
+            cached = self.loaded[study.name] = (key, Loaded(spec, expand(spec, bases)))
+        return cached[1]
 
     def advance(self, name: str, retry: list[str] | None = None) -> Advanced:
         """Submit each cell's due job; with `retry`, resume those cells' failed or cancelled job
