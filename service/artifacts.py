@@ -9,6 +9,7 @@ symlinks inside it that leave the run directory are left out.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,6 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
+
+from service.db.base import json_safe
+from sgmim import rundir
 
 log = logging.getLogger("service.artifacts")
 
@@ -232,3 +236,16 @@ def remove_tree_except(run_dir: Path, keep: tuple[str, ...] = ()) -> int:
             elif not os.listdir(full):
                 os.rmdir(full)
     return before - disk_usage(run_dir)
+
+
+def eval_file(run_dir: Path) -> dict | None:
+    """The run directory's eval.json, when it holds a JSON object (NaN/inf as null)."""
+    path = resolve_in_run_dir(run_dir, rundir.EVAL)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return json_safe(data) if isinstance(data, dict) else None

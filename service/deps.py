@@ -17,6 +17,7 @@ from service.broker import Broker, Dispatcher
 from service.db.repo import JobRepo
 from service.db.session import Database
 from service.settings import Settings
+from service.studies import Studies
 
 
 async def get_settings(request: Request) -> Settings:
@@ -38,6 +39,10 @@ async def get_repo(request: Request) -> JobRepo:
 
 async def get_broker(request: Request) -> Broker:
     return request.app.state.broker
+
+
+async def get_studies(request: Request) -> Studies:
+    return request.app.state.studies
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:
@@ -68,3 +73,4 @@ RepoDep = Annotated[JobRepo, Depends(get_repo)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 ServicesDep = Annotated[Services, Depends(get_services)]
+StudiesDep = Annotated[Studies, Depends(get_studies)]

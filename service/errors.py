@@ -11,7 +11,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.db.errors import IdempotencyConflict, InvalidTransition, JobNotFound, ParentError
+from service.db.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    ParentError,
+    StudyNotFound,
+)
 from sgmim.spec import SpecError
 
 log = logging.getLogger("service")
@@ -24,6 +30,21 @@ class SpecValidationError(Exception):
 
     def __init__(self, errors: list[tuple[str, str]], type_: str = "value_error", where: str = "body"):
         self.errors, self.type, self.where = errors, type_, where
+
+
+class StudyInvalid(Exception):
+    """422 for a posted study: `detail` is a list of {loc, msg, type}, loc naming the study's
+    field or the cell, stage and field of one of its jobs."""
+
+    def __init__(self, detail: list[dict[str, Any]]):
+        self.detail = detail
+
+
+class UnknownCells(Exception):
+    """422: a retry names cells the study does not have."""
+
+    def __init__(self, study: str, unknown: list[str], known: list[str]):
+        super().__init__(f"study {study} has no cell {', '.join(unknown)}; its cells: {', '.join(known)}")
 
 
 def field_errors(
@@ -80,6 +101,19 @@ async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
+async def _study_not_found(_: Request, exc: StudyNotFound) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _study_invalid(_: Request, exc: StudyInvalid) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=422)
+
+
+async def _unknown_cells(_: Request, exc: UnknownCells) -> JSONResponse:
+    detail = field_errors([("cell", str(exc))], "value_error", "query")
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
     return JSONResponse({"detail": str(exc), "status": exc.current, "job_id": exc.job_id}, status_code=409)
 
@@ -121,6 +155,9 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_error)
     app.add_exception_handler(ParentError, _parent)
     app.add_exception_handler(JobNotFound, _not_found)
+    app.add_exception_handler(StudyNotFound, _study_not_found)
+    app.add_exception_handler(StudyInvalid, _study_invalid)
+    app.add_exception_handler(UnknownCells, _unknown_cells)
     app.add_exception_handler(InvalidTransition, _transition)
     app.add_exception_handler(IdempotencyConflict, _idempotency)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -29,6 +29,7 @@ from service.openapi import install_openapi
 from service.reaper import reap_once
 from service.routes import api_router, health
 from service.settings import Settings
+from service.studies import Studies
 from service.telemetry import Telemetry
 from service.web import install as install_web
 
@@ -36,7 +37,9 @@ log = logging.getLogger("service")
 
 DESCRIPTION = """\
 SG-MIM training service, REST API v1. Submit pretraining, fine-tuning and evaluation jobs,
-follow their metrics and logs live (SSE), download checkpoints and read evaluation results.
+follow their metrics and logs live (SSE), download checkpoints and read evaluation results;
+post a study (a grid of pretrain → fine-tune → evaluate chains over methods, settings and seeds)
+and read its results table.
 Errors are JSON `{"detail": ...}`; when tokens are configured every route but `/healthz`
 needs `Authorization: Bearer <token>`. The web dashboard is at `/`.
 """
@@ -62,6 +65,16 @@ async def _housekeeping_loop(repo: JobRepo, settings: Settings) -> None:
                 log.exception("housekeeping pass failed")
 
 
+async def _study_loop(studies: Studies, settings: Settings) -> None:
+    """Advance the active studies: a cell's next job once its parent has succeeded."""
+    while True:
+        await anyio.sleep(settings.study_interval_s)
+        try:
+            await run_in_threadpool(studies.advance_active)
+        except Exception:
+            log.exception("study pass failed")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     telemetry = Telemetry()
@@ -84,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher.start()
         app.state.batcher = batcher = SubmitBatcher(repo)
         batcher.start()
+        app.state.studies = studies = Studies(repo, broker, dispatcher, settings)
         # Importing sgmim (torch, timm) leaves ~0.5 M long-lived objects; a full collection then
         # takes ~200 ms and lands on some request. Move them out of the collector's sight.
         gc.collect()
@@ -92,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.reaper_in_api:
                 tasks.start_soon(_reaper_loop, repo, broker, settings)
             tasks.start_soon(_housekeeping_loop, repo, settings)
+            tasks.start_soon(_study_loop, studies, settings)
             try:
                 yield
             finally:

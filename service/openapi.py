@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from sgmim.spec import spec_json_schema
+from sgmim.spec.study import STAGES, StudySpec
 
 SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
     "pretrain": {
@@ -124,6 +125,64 @@ SUBMIT_BODY: dict[str, Any] = {
 }
 
 
+STUDY_EXAMPLE: dict[str, Any] = {
+    "name": "sgmim-vs-simmim",
+    "description": "does structured guidance beat SimMIM here?",
+    "pretrain": SPEC_EXAMPLES["pretrain"]["value"],
+    "finetune": {k: v for k, v in SPEC_EXAMPLES["finetune"]["value"].items() if k != "parent"},
+    "evaluate": {k: v for k, v in SPEC_EXAMPLES["evaluate"]["value"].items() if k != "parent"},
+    "axes": {"method": ["simmim", "sgmim"]},
+    "seeds": [0, 1, 2],
+    "metrics": ["rmse", "abs_rel", "delta1"],
+}
+
+
+def study_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
+    """StudySpec as posted, and its StudyVariant: the base jobs are job specs of their kind,
+    inline (the service reads no files)."""
+    schema = copy.deepcopy(StudySpec.model_json_schema())
+    variant = schema.pop("$defs")["Variant"]
+    for stage in STAGES:
+        schema["properties"][stage] = {"$ref": f"#/components/schemas/{stage.capitalize()}Job",
+                                       "description": f"the base {stage} job, inline"}
+    schema["properties"]["variants"]["items"] = {"$ref": "#/components/schemas/StudyVariant"}
+    schema["title"] = "StudySpec"
+    schema["description"] = (
+        "A study: three base jobs (inline; a child's parent is filled in per cell), the rows "
+        "(variants crossed with axes) and the seeds. Keys of `set` and `axes`: method, mask.*, "
+        "guidance.*, loss.*, encoder.* or a dotted key of one job (pretrain.config.optim.base_lr). "
+        "A 422 names the study's field, or the cell, stage and field of the job it breaks."
+    )
+    # the values (and keys) a study sets are any JSON, with every string bounded like the rest
+    value = {"$ref": "#/components/schemas/StudyValue"}
+    keys = {"type": "string", "pattern": NO_NUL, "maxLength": max_string_length}
+    schema["properties"]["axes"].update(propertyNames=keys)
+    schema["properties"]["axes"]["additionalProperties"]["items"] = value
+    variant["properties"]["set"].update(propertyNames=keys, additionalProperties=value)
+    any_value = {"description": "any JSON value; strings (and keys) without NUL, at most the API's "
+                                "string length", "anyOf": [
+        {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+        {"type": "array", "items": value},
+        {"type": "object", "propertyNames": keys, "additionalProperties": value}]}
+    components = {"StudySpec": schema, "StudyVariant": variant, "StudyValue": any_value}
+    _bound_strings(components, max_string_length)
+    return components
+
+
+STUDY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/StudySpec"},
+                "examples": {"methods": {"summary": "SG-MIM vs SimMIM over three seeds",
+                                         "value": STUDY_EXAMPLE}},
+            }
+        },
+    }
+}
+
+
 def install_openapi(app: FastAPI, max_string_length: int = 4096) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -136,7 +195,9 @@ def install_openapi(app: FastAPI, max_string_length: int = 4096) -> None:
             tags=app.openapi_tags,
         )
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        for name, body in job_spec_components(max_string_length).items():
+        components = {**job_spec_components(max_string_length),
+                      **study_spec_components(max_string_length)}
+        for name, body in components.items():
             if name in schemas and schemas[name] != body:
                 raise RuntimeError(f"OpenAPI component {name} defined twice")
             schemas[name] = body

@@ -215,6 +215,14 @@ class Settings(BaseSettings):
     notify_interval_s: float = Field(
         2.0, gt=0, description="how often the API looks for ended jobs to announce and prune."
     )
+    max_study_cells: int = Field(
+        256, ge=1, description="the most cells (rows × seeds) a posted study may have; each is a chain "
+        "of three jobs.",
+    )
+    study_interval_s: float = Field(
+        2.0, gt=0, description="how often the API advances the active studies (/api/v1/studies): "
+        "submits each cell's next job once its parent has succeeded.",
+    )
     migrate_on_start: bool = Field(True, description="apply Alembic migrations when the app starts.")
 
     @field_validator("api_tokens", "data_roots", "allowed_hosts", mode="before")

@@ -74,7 +74,7 @@ def test_rest_table_routes_are_served():
     rows = re.findall(r"^\| `(GET|POST|PATCH|DELETE) (/[^`]*)` \|", README, re.M)
     assert len(rows) >= 11
     for method, path in rows:
-        full = f"/api/v1{path}" if path.startswith("/jobs") else path
+        full = f"/api/v1{path}" if path.startswith(("/jobs", "/studies")) else path
         full = full.replace("{id}", "{job_id}")
         assert full in schema["paths"], f"README route {method} {full} is not served"
         assert method.lower() in schema["paths"][full], f"{full} does not accept {method}"

@@ -48,3 +48,9 @@ class ParentError(RepoError):
     def __init__(self, path: str, message: str):
         self.path, self.message = path, message
         super().__init__(f"{path}: {message}")
+
+
+class StudyNotFound(RepoError):
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"study {name} not found")

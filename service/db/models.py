@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -245,3 +246,18 @@ class JobNode(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     reserved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Study(Base):
+    """A study posted to /api/v1/studies: its spec (base jobs inline) and, per cell, the jobs of
+    its chain (`cells`: cell id → {row, seed, jobs: stage → {id, key, status}}, the records of
+    sgmim.study.chains). The service advances the active ones (service/studies.py)."""
+
+    __tablename__ = "studies"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, doc="the study as posted (base jobs inline)")
+    cells: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    active: Mapped[bool] = mapped_column(Boolean, index=True, doc="some cell neither done nor stopped")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -3,7 +3,8 @@
 `JobRepo` is the job lifecycle (submit, claim, heartbeat, cancel, resume, finish, requeue) and
 composes the other concerns, each in a module of its own, so callers hold one object:
 `service.db.events` (status events, metric points, log lines), `service.db.records`
-(checkpoints, evaluation results), `service.db.tokens` (API tokens). Errors are in
+(checkpoints, evaluation results), `service.db.tokens` (API tokens), `service.db.studies`
+(studies and their cells' job records). Errors are in
 `service.db.errors`, shared helpers in `service.db.base`.
 
 Every status change goes through `_transition`, which checks `sgmim.status.TRANSITIONS` and
@@ -48,6 +49,7 @@ from service.db.gang import GangRepo
 from service.db.models import Attempt, Checkpoint, IdempotencyKey, Job, StatusEvent, utcnow
 from service.db.organise import OrganiseRepo, pack_tags
 from service.db.records import RecordRepo
+from service.db.studies import StudyRepo
 from service.db.tokens import TokenRepo
 from sgmim.status import ACTIVE, TERMINAL, TRANSITIONS, JobStatus
 
@@ -168,9 +170,9 @@ def _progress_values(progress: dict[str, Any] | None) -> dict[str, Any]:
 # The repository --------------------------------------------------------------------------------
 
 
-class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo):
+class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo, StudyRepo):
     """The job lifecycle, with the event, record, token, organising (tags, notes, archive,
-    delete) and worker-registry/gang operations composed in."""
+    delete), worker-registry/gang and study operations composed in."""
 
     # --- status machine --------------------------------------------------------------------
 

@@ -22,9 +22,10 @@ from starlette.responses import Response
 from service import artifacts
 from service.db.repo import JobRepo
 from service.deps import RepoDep, SettingsDep
-from service.routes.common import AUTH, CONFLICT, NOT_FOUND, JobIdDep, safe_text
+from service.routes.common import AUTH, CONFLICT, NOT_FOUND, JobIdDep
 from service.schemas import CheckpointList, CheckpointOut, ErrorOut, PruneOut
 from service.settings import Settings
+from service.texts import safe_text
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=AUTH)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import json
 import logging
 import re
 from typing import Annotated, TypeVar
@@ -14,9 +13,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import artifacts
-from service.broker import Broker, dispatch
+from service.broker import dispatch
 from service.db.base import sha256_hex
-from service.db.repo import JobRepo, SubmitResult
+from service.db.repo import SubmitResult
 from service.deps import BrokerDep, RepoDep, ServicesDep, SettingsDep
 from service.errors import SpecValidationError
 from service.openapi import SUBMIT_BODY
@@ -26,9 +25,7 @@ from service.routes.common import (
     INVALID,
     NOT_FOUND,
     JobIdDep,
-    check_strings,
     decode_body,
-    safe_text,
 )
 from service.schemas import (
     ConflictOut,
@@ -41,9 +38,9 @@ from service.schemas import (
     JobSummary,
 )
 from service.settings import Settings
-from sgmim.spec import REQUIRED_PARENT_KIND, AnyJob, parse_spec
+from service.submission import body_hash, check_with_database, needs_database_checks, validate
+from service.texts import safe_text
 from sgmim.spec.job import TAG_PATTERN, Tag
-from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 from sgmim.status import JobStatus
 
 log = logging.getLogger("service.jobs")
@@ -91,18 +88,17 @@ async def submit_job(
         raise SpecValidationError([("", "a job spec must be a JSON object")], "model_type")
     settings = services.settings
     # validated here, not in a worker thread: pure CPU, and the GIL would serialise it anyway
-    spec = _validate(data, settings)
+    spec = validate(data, settings)
     queue = services.broker.queue_for(spec.resources.gpu_type)
-    if spec.parent is not None or _placed_on_workers(spec, settings):
-        await run_in_threadpool(_check_with_database, spec, queue, services.repo, settings)
+    if needs_database_checks(spec, settings):
+        await run_in_threadpool(check_with_database, spec, queue, services.repo, settings)
     dumped = spec.model_dump(mode="json")
     if idempotency_key is None:
         result = SubmitResult(await asyncio.wrap_future(services.batcher.submit(dumped, queue)), True)
     else:
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         store = functools.partial(
             services.repo.submit, dumped, queue=queue, idempotency_key_hash=sha256_hex(idempotency_key),
-            body_hash=sha256_hex(body), idempotency_ttl_s=settings.idempotency_ttl_s,
+            body_hash=body_hash(data), idempotency_ttl_s=settings.idempotency_ttl_s,
         )
         result = await run_in_threadpool(store)
     if result.created:
@@ -114,46 +110,6 @@ async def submit_job(
         media_type="application/json",
         headers={"Location": f"{request.scope['path'].rstrip('/')}/{result.job.id}"},
     )
-
-
-def _validate(data: dict, settings: Settings) -> AnyJob:
-    """The checks that need no database: strings, the spec's schema, data paths."""
-    check_strings(data, settings.max_string_length)
-    spec = parse_spec(data)
-    outside = paths_outside(spec, settings.allowed_data_roots(), resolve=False)
-    if outside:
-        raise SpecValidationError(outside, PATH_NOT_ALLOWED)
-    return spec
-
-
-def submit_in_thread(data: dict, repo: JobRepo, broker: Broker, settings: Settings) -> SubmitResult:
-    """The whole submit in one blocking call, without an idempotency key (the dashboard's form)."""
-    spec = _validate(data, settings)
-    queue = broker.queue_for(spec.resources.gpu_type)
-    _check_with_database(spec, queue, repo, settings)
-    return repo.submit(spec.model_dump(mode="json"), queue=queue)
-
-
-def _placed_on_workers(spec: AnyJob, settings: Settings) -> bool:
-    return spec.resources.nodes > 1 and settings.multinode_launcher == "workers"
-
-
-def _check_with_database(spec: AnyJob, queue: str, repo: JobRepo, settings: Settings) -> None:
-    """The parent exists, has succeeded and has the checkpoint; a multi-node job placed on
-    workers has enough hosts with a live worker."""
-    if spec.parent is not None:
-        repo.check_parent(
-            spec.parent.job_id, spec.parent.checkpoint, spec.kind, REQUIRED_PARENT_KIND.get(spec.kind)
-        )
-    if _placed_on_workers(spec, settings):
-        hosts = repo.live_hosts(queue, settings.stale_heartbeat_s)
-        if len(hosts) < spec.resources.nodes:
-            raise SpecValidationError(
-                [("resources.nodes", f"the job asks for {spec.resources.nodes} nodes, but only "
-                  f"{len(hosts)} host(s) have a live worker serving queue {queue}"
-                  + (f" ({', '.join(sorted(hosts))})" if hosts else "")
-                  + "; a multi-node job runs one node per host")],
-            )
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=INVALID)

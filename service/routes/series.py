@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 
 from service.deps import RepoDep
 from service.errors import SpecValidationError
-from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep, safe_text
+from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep
 from service.schemas import CurveOut, SeriesOut
+from service.texts import safe_text
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=AUTH)
 

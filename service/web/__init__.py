@@ -6,6 +6,7 @@ plain JavaScript (static/), charts by plotly.js from the installed `plotly` pack
     /compare?jobs=   curves overlaid, evaluations side by side  compare.py
     /submit          a YAML spec, errors by field path          submit.py
     /workers         busy workers and the queue                 workers.py
+    /studies         studies; /studies/{name}: cells, results   studies.py
     /signin, /signout                                           session.py
     /docs, /vendor/*, /static/*                                 assets.py
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.web import assets, compare, jobs, session, submit, workers
+from service.web import assets, compare, jobs, session, studies, submit, workers
 
 
 def install(app: FastAPI) -> None:
     app.mount("/static", assets.static_files(), name="static")
     app.include_router(assets.make_router())
-    for module in (session, jobs, compare, submit, workers):
+    for module in (session, jobs, compare, submit, workers, studies):
         app.include_router(module.router)

@@ -14,7 +14,7 @@ from service.deps import BrokerDep, RepoDep, SettingsDep
 from service.errors import SpecValidationError, field_errors
 from service.openapi import SPEC_EXAMPLES
 from service.routes.common import decode_body
-from service.routes.jobs import submit_in_thread
+from service.submission import submit_spec
 from service.web.templating import page
 from sgmim.spec import SpecError
 
@@ -59,7 +59,7 @@ async def submit_yaml(request: Request, repo: RepoDep, broker: BrokerDep, settin
             ]
         )
     try:
-        result = await run_in_threadpool(submit_in_thread, data, repo, broker, settings)
+        result = await run_in_threadpool(submit_spec, data, None, repo, broker, settings)
     except SpecValidationError as exc:
         errors = field_errors(exc.errors, exc.type, exc.where)
     except SpecError as exc:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sgmim.spec.base import StrictModel
-from sgmim.spec.job import SpecError, apply_overrides, read_spec_data
+from sgmim.spec.job import SPEC_RULE, SpecError, apply_overrides, read_spec_data
 
 STAGES = ("pretrain", "finetune", "evaluate")
 METHODS = {"simmim": False, "sgmim": True}  # method → pretraining guidance.enabled
@@ -164,19 +164,39 @@ def set_key(spec: dict, dotted: str, value: Any) -> None:
 def load_study(path: str | Path) -> tuple[StudySpec, dict[str, dict]]:
     """Read and validate a study file; returns the spec and the three base jobs, decoded."""
     path = Path(path)
-    data = read_spec_data(path)
+    return parse_study(read_spec_data(path), path.parent)
+
+
+def parse_study(data: Any, folder: Path | None) -> tuple[StudySpec, dict[str, dict]]:
+    """Validate a decoded study; base jobs named by file are read relative to `folder`. Without
+    a folder (a study posted to the service) every base job must be inline: the server does not
+    read the client's files. Raises SpecError naming each bad field."""
+    if not isinstance(data, dict):
+        raise SpecError([("", "a study must be a mapping (a JSON object) with name, pretrain, finetune, "
+                              "evaluate, ...")], ["model_type"])
     try:
         study = StudySpec.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
+        # a rule of a validator (distinct seeds, known keys, ...) is a spec rule, as in job specs
         raise SpecError([(".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, "))
-                         for e in exc.errors()]) from None
-    bases = {stage: _base_job(getattr(study, stage), path.parent, stage) for stage in STAGES}
+                         for e in errors],
+                        [SPEC_RULE if e["type"] == "value_error" else e["type"] for e in errors]) from None
+    bases = {stage: _base_job(getattr(study, stage), folder, stage) for stage in STAGES}
     return study, bases
 
 
-def _base_job(ref: str | JobFile | dict[str, Any], folder: Path, stage: str) -> dict:
+def inline_study(study: StudySpec, bases: dict[str, dict]) -> dict:
+    """The study with its base jobs inline: what a file-based study becomes to be posted."""
+    return {**study.model_dump(mode="json", exclude_none=True), **copy.deepcopy(bases)}
+
+
+def _base_job(ref: str | JobFile | dict[str, Any], folder: Path | None, stage: str) -> dict:
     if isinstance(ref, dict):
         data = copy.deepcopy(ref)
+    elif folder is None:
+        raise SpecError([(stage, "give the base job inline (a job spec mapping): the service does "
+                                 "not read files named by a posted study")], [SPEC_RULE])
     else:
         file = ref if isinstance(ref, str) else ref.file
         data = read_spec_data(folder / file)
@@ -184,5 +204,6 @@ def _base_job(ref: str | JobFile | dict[str, Any], folder: Path, stage: str) -> 
             for key, value in ref.set.items():
                 set_key(data, key, value)
     if data.get("kind") != stage:
-        raise SpecError([(stage, f"the base {stage} job must have kind: {stage}, not {data.get('kind')!r}")])
+        raise SpecError([(stage, f"the base {stage} job must have kind: {stage}, not {data.get('kind')!r}")],
+                        [SPEC_RULE])
     return data

@@ -11,8 +11,8 @@ from sgmim.cli.client import Api
 from sgmim.cli.plot import fetch_series
 from sgmim.spec.study import StudySpec
 from sgmim.study import results
+from sgmim.study.chains import CellProgress
 from sgmim.study.grid import Cell
-from sgmim.study.runner import CellProgress
 
 
 @dataclass(frozen=True)

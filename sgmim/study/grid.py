@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from sgmim.spec import SpecError, parse_spec
+from sgmim.spec.job import SPEC_RULE
 from sgmim.spec.study import METHODS, STAGES, StudySpec, job_key, set_key
 
 # A placeholder parent so that a cell's child specs validate before their parent exists.
@@ -57,5 +58,6 @@ def _validate(cell_id: str, stage: str, spec: dict) -> None:
     try:
         parse_spec(probe)
     except SpecError as exc:
+        # the study's keys applied to a valid base job: a rule across the study's fields
         raise SpecError([(f"cell {cell_id} {stage}" + (f" {path}" if path else ""), msg)
-                         for path, msg in exc.errors]) from None
+                         for path, msg in exc.errors], [SPEC_RULE] * len(exc.errors)) from None

@@ -1,0 +1,235 @@
+"""/api/v1/studies through a real uvicorn on both databases, the test playing the worker.
+
+The property here is the route's: a posted grid becomes chains submitted stage by stage by the
+service itself (also across an API restart), posting it again submits nothing, a stopped cell
+is retried alone, and the results table equals a hand computation from the cells' eval.json.
+So the jobs are claimed and finished through the repository, as a worker would, without
+training; a real worker runs studies in tests/cli/test_study.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from service.db.repo import JobRepo
+from service.db.session import Database
+from sgmim.spec.study import inline_study, load_study
+from tests.service import study_worker
+from tests.service.conftest import (
+    ROOT,
+    Backend,
+    create_pg_database,
+    drop_pg_database,
+    make_settings,
+    start_uvicorn,
+    stop,
+)
+
+JOBS = ROOT / "examples" / "jobs"
+# what each cell's evaluation reports: (rmse, delta1) by (row, seed)
+REPORTED = {("simmim", 0): (1.40, 0.30), ("simmim", 1): (1.52, 0.26),
+            ("sgmim", 0): (1.31, 0.37), ("sgmim", 1): (1.47, 0.29)}
+
+
+@dataclass
+class Stack:
+    settings: object
+    repo: JobRepo
+    log: Path
+    url: str = ""
+    proc: object = None
+
+    def start(self) -> None:
+        self.proc, self.url = start_uvicorn(self.settings, {"SGMIM_STUDY_INTERVAL_S": "0.2"}, self.log)
+
+    def get(self, path: str, **params) -> httpx.Response:
+        return httpx.get(f"{self.url}/api/v1{path}", params=params, timeout=10)
+
+    def post(self, path: str, body=None, **params) -> httpx.Response:
+        return httpx.post(f"{self.url}/api/v1{path}", json=body, params=params, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(backend: Backend, request, tmp_path_factory) -> Iterator[Stack]:
+    """Its own database: no other API process may advance these studies."""
+    folder = tmp_path_factory.mktemp(f"studies-{backend.name}")
+    admin_url = request.getfixturevalue("pg_admin_url") if backend.name == "postgres" else ""
+    url = create_pg_database(admin_url) if admin_url else f"sqlite:///{folder / 'sgmim.db'}"
+    db = Database(url)
+    stack = Stack(make_settings(folder, url), JobRepo(db), folder / "uvicorn.log")
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stop(stack.proc)
+        db.dispose()
+        if admin_url:
+            drop_pg_database(admin_url, url)
+
+
+def study_body(tmp_path: Path, name: str = "tiny-methods", **changes) -> dict:
+    study = {"name": name, "pretrain": str(JOBS / "pretrain-tiny.yaml"),
+             "finetune": str(JOBS / "finetune-depth-tiny.yaml"),
+             "evaluate": str(JOBS / "evaluate-depth-tiny.yaml"),
+             "axes": {"method": ["simmim", "sgmim"]}, "seeds": [0, 1], **changes}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return inline_study(*load_study(path))
+
+
+def job_count(stack: Stack) -> int:
+    return len(stack.get("/jobs", limit=200).json()["items"])
+
+
+def wait_for(stack: Stack, name: str, done, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        study = stack.get(f"/studies/{name}").json()
+        if done(study):
+            return study
+        assert time.monotonic() < deadline, json.dumps(study["cells"], indent=1)
+        time.sleep(0.1)
+
+
+def at(stage: str, status: str):
+    return lambda study: all(c["stage"] == stage and c["status"] == status for c in study["cells"])
+
+
+def finish_due(stack: Stack, study: dict, stage: str, fail: frozenset[str] = frozenset()) -> None:
+    study_worker.finish_due(stack.repo, stack.settings, study, stage, REPORTED, fail)
+
+
+def test_a_study_advances_replays_retries_and_tabulates(stack: Stack, tmp_path):
+    body = study_body(tmp_path)
+    first = stack.post("/studies", body)
+    assert first.status_code == 201, first.text
+    assert first.json()["submitted"] == 4 and first.json()["n_cells"] == 4
+    assert [c["id"] for c in first.json()["cells"]] == ["simmim-s0", "simmim-s1", "sgmim-s0", "sgmim-s1"]
+    assert at("pretrain", "queued")(first.json())
+
+    again = stack.post("/studies", body)
+    assert again.status_code == 200 and again.json()["submitted"] == 0
+    assert job_count(stack) == 4
+
+    # the API restarts while the pretraining runs: the stored study is advanced by the new one
+    stop(stack.proc)
+    finish_due(stack, first.json(), "pretrain", fail=frozenset({"simmim-s1"}))
+    stack.start()
+    assert [s["name"] for s in stack.get("/studies").json()["items"]] == ["tiny-methods"]
+    study = wait_for(stack, "tiny-methods", lambda s: sum(c["stage"] == "finetune" for c in s["cells"]) == 3)
+    failed = next(c for c in study["cells"] if c["id"] == "simmim-s1")
+    assert (failed["stage"], failed["status"]) == ("pretrain", "failed")
+    assert failed["stages"]["pretrain"]["error"] == "boom"
+    assert study["stopped"] == 1 and study["done"] == 0
+
+    finish_due(stack, study, "finetune")
+    study = wait_for(stack, "tiny-methods", lambda s: sum(
+        c["stage"] == "evaluate" and c["status"] == "queued" for c in s["cells"]) == 3)
+    finish_due(stack, study, "evaluate")
+    study = wait_for(stack, "tiny-methods", lambda s: s["done"] == 3 and not s["active"])
+    assert job_count(stack) == 1 + 3 * 3
+
+    # the failed cell alone is retried: its pretraining job resumes, nothing else is submitted
+    made = job_count(stack)
+    retried = stack.post("/studies/tiny-methods/retry", cell="simmim-s1")
+    assert retried.status_code == 200, retried.text
+    cell = next(c for c in retried.json()["cells"] if c["id"] == "simmim-s1")
+    assert (cell["stage"], cell["status"]) == ("pretrain", "queued")
+    assert cell["stages"]["pretrain"]["job_id"] == failed["stages"]["pretrain"]["job_id"]
+    assert retried.json()["submitted"] == 0 and job_count(stack) == made
+    for stage in ("pretrain", "finetune", "evaluate"):
+        study = wait_for(stack, "tiny-methods", lambda s, stage=stage: any(
+            c["stages"][stage]["status"] == "queued" for c in s["cells"]))
+        finish_due(stack, study, stage)
+    study = wait_for(stack, "tiny-methods", lambda s: s["done"] == 4 and not s["active"])
+    assert job_count(stack) == made + 2
+    assert stack.post("/studies", body).json()["submitted"] == 0 and job_count(stack) == made + 2
+
+    check_results(stack, study)
+
+
+def check_results(stack: Stack, study: dict) -> None:
+    """The table equals a hand computation from each cell's eval.json."""
+    results = stack.get("/studies/tiny-methods/results").json()
+    assert results["baseline"] == "simmim"
+    by_row: dict[str, dict[int, dict]] = {}
+    for cell in study["cells"]:
+        run = stack.settings.run_dir(cell["stages"]["evaluate"]["job_id"])
+        metrics = json.loads((run / "eval.json").read_text())["metrics"]
+        by_row.setdefault(cell["row"], {})[cell["seed"]] = metrics
+    for metric in ("rmse", "abs_rel", "delta1"):
+        rows = {r["row"]: r for r in results["metrics"][metric]}
+        for row, seeds in by_row.items():
+            xs = [seeds[0][metric], seeds[1][metric]]
+            assert rows[row]["n"] == 2
+            assert math.isclose(rows[row]["mean"], statistics.mean(xs), rel_tol=1e-12)
+            assert math.isclose(rows[row]["std"], statistics.stdev(xs), rel_tol=1e-9)
+        diffs = [by_row["sgmim"][s][metric] - by_row["simmim"][s][metric] for s in (0, 1)]
+        assert math.isclose(rows["sgmim"]["diff"], statistics.mean(diffs), rel_tol=1e-9)
+        half = 12.706204736174698 * statistics.stdev(diffs) / math.sqrt(2)  # t(0.975, 1 dof)
+        assert math.isclose(rows["sgmim"]["ci_high"] - rows["sgmim"]["diff"], half, rel_tol=1e-6)
+        assert rows["simmim"]["diff"] == 0 and rows["sgmim"]["n_pairs"] == 2
+    csv = stack.get("/studies/tiny-methods/results.csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.splitlines()
+    assert lines[0].startswith("metric,row,n,mean,std") and len(lines) == 1 + 3 * 2
+    sgmim_rmse = next(line for line in lines if line.startswith("rmse,sgmim,2,"))
+    assert math.isclose(float(sgmim_rmse.split(",")[3]), statistics.mean([1.31, 1.47]))
+    markdown = stack.get("/studies/tiny-methods/results.md").text
+    assert "## delta1" in markdown and "| sgmim | 0.3300 ± 0.0566 | 2 |" in markdown
+
+
+@pytest.mark.parametrize("changes, loc, message", [
+    ({"axes": {"method": ["simmim", "mae"]}}, ["body", "axes"], "'mae' is not one of simmim, sgmim"),
+    ({"seeds": [1, 1]}, ["body", "seeds"], "seeds must be distinct"),
+    ({"axes": {"guidance.extractor": ["mlp", "cnn"]}},
+     ["body", "cells", "guidance.extractor-cnn-s0", "pretrain", "config", "model", "guidance", "extractor"],
+     "'mlp', 'transformer' or 'siamese'"),
+    ({"pretrain": "examples/jobs/pretrain-tiny.yaml"}, ["body", "pretrain"], "give the base job inline"),
+    ({"baseline": "mae"}, ["body"], "baseline 'mae' is not a row"),
+    ({"finetune": {"kind": "evaluate", "name": "x"}}, ["body", "finetune"], "must have kind: finetune"),
+    ({"grid": 1}, ["body", "grid"], "Extra inputs are not permitted"),
+    ({"seeds": list(range(100)), "axes": {"method": ["simmim", "sgmim"], "loss.lambda_struct": [0, 1]}},
+     ["body"], "the study has 400 cells"),
+])
+def test_bad_studies_are_refused_with_the_field_and_store_nothing(stack, tmp_path, changes, loc, message):
+    body = {**study_body(tmp_path, name="bad-study"), **changes}
+    before = job_count(stack)
+    answer = stack.post("/studies", body)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert any(e["loc"] == loc and message in e["msg"] for e in detail), detail
+    assert stack.get("/studies/bad-study").status_code == 404
+    assert job_count(stack) == before
+
+
+def test_data_paths_outside_the_roots_name_the_cell(stack: Stack, tmp_path):
+    body = study_body(tmp_path, name="outside", variants=[
+        {"name": "folder", "set": {"pretrain.config.data.source": "image_folder",
+                                   "pretrain.config.data.root": "/etc"}}])
+    answer = stack.post("/studies", body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["detail"][0]
+    assert error["loc"][:4] == ["body", "cells", "folder-simmim-s0", "pretrain"] and "/etc" in error["msg"]
+
+
+def test_unknown_studies_and_cells(stack: Stack, tmp_path):
+    assert stack.get("/studies/no-such-study").status_code == 404
+    assert stack.get("/studies/no-such-study/results").json() == {"detail": "study no-such-study not found"}
+    assert stack.post("/studies", study_body(tmp_path, name="known", seeds=[3])).status_code == 201
+    answer = stack.post("/studies/known/retry", cell="simmim-s9")
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["query", "cell"]
+    assert "no cell simmim-s9; its cells: simmim-s3, sgmim-s3" in answer.json()["detail"][0]["msg"]
+    assert stack.post("/studies", [1]).status_code == 422
+    assert stack.post("/studies", "not json").status_code == 422
