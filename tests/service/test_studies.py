@@ -126,7 +126,9 @@ def test_a_study_advances_replays_retries_and_tabulates(stack: Stack, tmp_path):
     finish_due(stack, first.json(), "pretrain", fail=frozenset({"simmim-s1"}))
     stack.start()
     assert [s["name"] for s in stack.get("/studies").json()["items"]] == ["tiny-methods"]
-    study = wait_for(stack, "tiny-methods", lambda s: sum(c["stage"] == "finetune" for c in s["cells"]) == 3)
+    # the fine-tuning jobs submitted, not only the cells moved on: finish_due plays queued jobs
+    study = wait_for(stack, "tiny-methods", lambda s: sum(
+        c["stages"]["finetune"]["status"] == "queued" for c in s["cells"]) == 3)
     failed = next(c for c in study["cells"] if c["id"] == "simmim-s1")
     assert (failed["stage"], failed["status"]) == ("pretrain", "failed")
     assert failed["stages"]["pretrain"]["error"] == "boom"
