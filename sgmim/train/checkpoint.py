@@ -23,15 +23,25 @@ class ResumeError(RuntimeError):
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
-    """The tag DeepSpeed's `latest` file names. DeepSpeed writes it after every rank finished
-    writing the tag folder, so a run killed mid-save still points at the previous, whole one."""
+    """The newest whole checkpoint. DeepSpeed's rank 0 writes `latest` once its own files are
+    written, not the other ranks': a run killed mid-save (a node lost) can leave `latest` naming
+    a tag whose other shards are cut short. The trainer records a tag's ZeRO stage after every
+    rank has saved it (`Trainer.save`), so the newest recorded tag is whole. A `latest` with no
+    recorded tag at all is a checkpoint from before the record, taken as it is."""
     latest = ckpt_dir / LATEST
     if not latest.is_file():
         return None
     tag = latest.read_text().strip()
     if not (ckpt_dir / tag).is_dir():
         raise ResumeError(f"{latest} names {tag!r}, but {ckpt_dir / tag} does not exist")
-    return tag
+    if (ckpt_dir / tag / STAGE_FILE).is_file():
+        return tag
+    recorded = sorted((int(m.group(1)), path.name) for path in ckpt_dir.iterdir()
+                      if (m := TAG_PATTERN.match(path.name)) and (path / STAGE_FILE).is_file())
+    if not recorded:
+        return tag
+    log.warning("checkpoint %s was not finished by every rank; using %s", tag, recorded[-1][1])
+    return recorded[-1][1]
 
 
 def saved_world_size(tag_dir: Path) -> int | None:
