@@ -158,4 +158,4 @@ def test_objects_stand_at_the_configured_distance_from_the_camera():
     drawn = layouts(near, range(10))
     distances = [np.linalg.norm(obj.center[:2] - layout.camera.cam_to_world[:2, 3])
                  for layout in drawn for obj in layout.objects]
-    assert len(distances) >= 10 and 2.0 <= min(distances) and max(distances) <= 2.5
+    assert len(distances) >= 10 and min(distances) >= 2.0 and max(distances) <= 2.5
