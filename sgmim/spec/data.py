@@ -85,9 +85,9 @@ GEOMETRY_LIMITS = {
 class SceneGeometryConfig(StrictModel):
     """Camera, room and object-placement ranges of the procedural scenes, each drawn uniformly per
     scene; a pair (a, a) fixes the value. Metric depth from one image is only defined when the
-    scale is: with the field of view and the room's height fixed and the camera's height nearly
-    so, the floor, walls and ceiling tell how far they are (the defaults, chosen so that a small
-    model learns depth, benchmarks/STUDIES.md). `varied()` (with `num_objects` (4, 10)) is the
+    scale is: with the field of view and the room's height fixed and the camera's height and tilt
+    nearly so, the floor, walls and ceiling tell how far they are (the defaults, chosen so that a
+    small model learns depth, benchmarks/STUDIES.md). `varied()` (with `num_objects` (4, 10)) is the
     first generator, where a near small room seen wide and a far large room seen narrow look alike
     and near objects fill most views."""
 
@@ -95,8 +95,8 @@ class SceneGeometryConfig(StrictModel):
     room_side: FloatPair = Field((4.0, 6.0), description="each horizontal side of the room, metres")
     room_height: FloatPair = Field((2.8, 2.8), description="floor to ceiling, metres")
     camera_height: FloatPair = Field((1.3, 1.5), description="camera above the floor, metres")
-    camera_pitch_deg: FloatPair = Field((-25.8, 2.9), description="camera tilt, degrees, negative "
-                                                                  "looks down")
+    camera_pitch_deg: FloatPair = Field((-15.0, -5.0), description="camera tilt, degrees, negative "
+                                                                   "looks down")
     object_distance: FloatPair = Field((1.5, 5.0), description="objects stand this far from the "
                                                                "camera, metres (and inside the room)")
 

@@ -135,6 +135,8 @@ def test_default_geometry_fixes_the_field_of_view_and_the_room_height():
     drawn = layouts(SceneGeometryConfig())
     assert len({layout.camera.intrinsics[0, 0] for layout in drawn}) == 1
     assert {layout.room[2] for layout in drawn} == {2.8}
+    pitch = np.degrees([np.arcsin(layout.camera.cam_to_world[2, 2]) for layout in drawn])
+    assert pitch.min() >= -15 - 1e-6 and pitch.max() <= -5 + 1e-6, "the camera looks a little down"
     ceiling = next(s for s in (render_scene(seed, 64) for seed in range(20)) if (s.label == CEILING).any())
     points = ceiling.cam_to_world[:3, 3] + camera_rays(ceiling) * ceiling.depth[..., None]
     np.testing.assert_allclose(points[ceiling.label == CEILING][:, 2], 2.8, atol=1e-3)
