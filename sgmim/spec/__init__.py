@@ -11,6 +11,7 @@ from sgmim.spec.data import (
     DownstreamDataConfig,
     PretrainDataConfig,
     PseudoDepthConfig,
+    SceneGeometryConfig,
     SyntheticConfig,
 )
 from sgmim.spec.downstream import (
@@ -51,6 +52,7 @@ __all__ = [
     "FieldError", "FinetuneConfig", "FinetuneEncoderConfig", "FinetuneJob", "GuidanceConfig",
     "HeadConfig", "JobKind", "JobSpec", "LossConfig", "MaskConfig", "ModelConfig", "OptimConfig",
     "ParentRef", "PretrainConfig", "PretrainDataConfig", "PretrainJob", "PseudoDepthConfig",
+    "SceneGeometryConfig",
     "Resources", "ScheduleConfig", "SpecError", "StrictModel", "SyntheticConfig", "apply_overrides",
     "dump_spec", "error_path", "load_spec", "parse_spec", "read_spec_data", "spec_errors",
     "spec_json_schema",

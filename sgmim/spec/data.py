@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sgmim.spec.base import MAX_IMAGES, MAX_SEED, FloatPair, IntPair, StrictModel
 
@@ -68,13 +69,66 @@ class PseudoDepthConfig(StrictModel):
                                          "this long (random scale and shift)")
 
 
+DEFAULT_NUM_OBJECTS = (2, 6)
+
+# field → (lowest, highest, why) of the scene geometry's ranges
+GEOMETRY_LIMITS = {
+    "hfov_deg": (10.0, 120.0, ""),
+    "room_side": (2.0, 50.0, " m (the camera and the objects keep clear of the walls)"),
+    "room_height": (2.4, 10.0, " m (the objects stand up to 2.3 m, below the light)"),
+    "camera_height": (0.2, 2.2, " m (below the lowest ceiling)"),
+    "camera_pitch_deg": (-60.0, 30.0, " degrees (negative looks down)"),
+    "object_distance": (0.5, 50.0, " m"),
+}
+
+
+class SceneGeometryConfig(StrictModel):
+    """Camera, room and object-placement ranges of the procedural scenes, each drawn uniformly per
+    scene; a pair (a, a) fixes the value. Metric depth from one image is only defined when the
+    scale is: with the field of view and the room's height fixed and the camera's height and tilt
+    nearly so, the floor, walls and ceiling tell how far they are (the defaults, chosen so that a
+    small model learns depth, benchmarks/STUDIES.md). `varied()` (with `num_objects` (4, 10)) is the
+    first generator, where a near small room seen wide and a far large room seen narrow look alike
+    and near objects fill most views."""
+
+    hfov_deg: FloatPair = Field((60.0, 60.0), description="horizontal field of view, degrees")
+    room_side: FloatPair = Field((4.0, 6.0), description="each horizontal side of the room, metres")
+    room_height: FloatPair = Field((2.8, 2.8), description="floor to ceiling, metres")
+    camera_height: FloatPair = Field((1.3, 1.5), description="camera above the floor, metres")
+    camera_pitch_deg: FloatPair = Field((-15.0, -5.0), description="camera tilt, degrees, negative "
+                                                                   "looks down")
+    object_distance: FloatPair = Field((1.5, 5.0), description="objects stand this far from the "
+                                                               "camera, metres (and inside the room)")
+
+    @classmethod
+    def varied(cls) -> SceneGeometryConfig:
+        """The wide ranges of the first generator: absolute scale ambiguous from one image."""
+        return cls(hfov_deg=(50.0, 75.0), room_side=(3.5, 8.0), room_height=(2.4, 3.2),
+                   camera_height=(0.9, 1.8),
+                   camera_pitch_deg=(math.degrees(-0.45), math.degrees(0.05)), object_distance=(0.8, 5.0))
+
+    @field_validator("hfov_deg", "room_side", "room_height", "camera_height", "camera_pitch_deg",
+                     "object_distance")
+    @classmethod
+    def _check_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        low, high, why = GEOMETRY_LIMITS[info.field_name]
+        if not low <= value[0] <= value[1] <= high:
+            raise ValueError(f"{info.field_name} must be (low, high) inside [{low:g}, {high:g}]{why}, "
+                             f"got {value}")
+        return value
+
+
 class SyntheticConfig(StrictModel):
     """Procedural indoor RGB-D scenes (used when the source or dataset is `synthetic`)."""
 
     render_size: Size | None = Field(
         None, description="rendered (H, W) or square side; default: the model's img_size for "
                           "pretraining, 192 for downstream")
-    num_objects: IntPair = Field((4, 10), description="boxes, spheres and cylinders per scene")
+    num_objects: IntPair = Field(
+        DEFAULT_NUM_OBJECTS,
+        description="boxes, spheres and cylinders per scene (the first generator drew 4 to 10: a view "
+                    "mostly filled by near objects, whose depth a small model does not learn)")
+    geometry: SceneGeometryConfig = SceneGeometryConfig()
     pseudo_depth: PseudoDepthConfig = PseudoDepthConfig()
     cache_mb: int = Field(
         512, ge=0, description="keep rendered scenes in memory up to this size per process "

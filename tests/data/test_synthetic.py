@@ -6,11 +6,14 @@ import importlib.resources
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from sgmim.data import CLASS_NAMES, render_scene
 from sgmim.data.synthetic import split_seeds
+from sgmim.data.synthetic.layout import sample_layout
+from sgmim.data.synthetic.source import scene_cache_key
 from sgmim.data.synthetic.textures import COLOUR_TEXTURES, GREY_TEXTURES
-from sgmim.spec import PseudoDepthConfig
+from sgmim.spec import PseudoDepthConfig, SceneGeometryConfig, SyntheticConfig
 
 FLOOR, CEILING = CLASS_NAMES.index("floor"), CLASS_NAMES.index("ceiling")
 EXACT = PseudoDepthConfig(blur=0, bias=0, edge_shift=0, noise=0, shift=0, min_range=1)
@@ -99,3 +102,62 @@ def test_textures_are_bundled_in_the_wheel():
     folder = importlib.resources.files("skimage.data")
     for name in GREY_TEXTURES + COLOUR_TEXTURES:
         assert (folder / name).is_file(), f"{name} would be fetched at run time"
+
+
+FIXED = SceneGeometryConfig(hfov_deg=(60, 60), room_side=(5, 5), room_height=(2.8, 2.8),
+                            camera_height=(1.4, 1.4))
+
+
+def layouts(geometry: SceneGeometryConfig, seeds=range(6)):
+    return [sample_layout(np.random.default_rng(seed), 32, 32, (4, 10), geometry) for seed in seeds]
+
+
+def test_fixed_geometry_gives_every_scene_the_same_camera_intrinsics_and_room():
+    drawn = layouts(FIXED)
+    assert {tuple(layout.room) for layout in drawn} == {(5.0, 5.0, 2.8)}
+    assert {layout.camera.cam_to_world[2, 3] for layout in drawn} == {1.4}
+    scenes = [render_scene(seed, 32, geometry=FIXED) for seed in range(4)]
+    focal = 16 / np.tan(np.radians(30))
+    for scene in scenes:
+        np.testing.assert_allclose(scene.intrinsics, [[focal, 0, 15.5], [0, focal, 15.5], [0, 0, 1]],
+                                   rtol=1e-6)
+    assert len({scene.rgb.tobytes() for scene in scenes}) == 4, "layouts, objects and light still vary"
+
+
+def test_varied_geometry_draws_the_camera_and_room_per_scene():
+    drawn = layouts(SceneGeometryConfig.varied())
+    assert len({layout.camera.intrinsics[0, 0] for layout in drawn}) == len(drawn)
+    assert len({tuple(layout.room) for layout in drawn}) == len(drawn)
+    assert len({layout.camera.cam_to_world[2, 3] for layout in drawn}) == len(drawn)
+
+
+def test_default_geometry_fixes_the_field_of_view_and_the_room_height():
+    drawn = layouts(SceneGeometryConfig())
+    assert len({layout.camera.intrinsics[0, 0] for layout in drawn}) == 1
+    assert {layout.room[2] for layout in drawn} == {2.8}
+    pitch = np.degrees([np.arcsin(layout.camera.cam_to_world[2, 2]) for layout in drawn])
+    assert pitch.min() >= -15 - 1e-6 and pitch.max() <= -5 + 1e-6, "the camera looks a little down"
+    ceiling = next(s for s in (render_scene(seed, 64) for seed in range(20)) if (s.label == CEILING).any())
+    points = ceiling.cam_to_world[:3, 3] + camera_rays(ceiling) * ceiling.depth[..., None]
+    np.testing.assert_allclose(points[ceiling.label == CEILING][:, 2], 2.8, atol=1e-3)
+
+
+@pytest.mark.parametrize("field,value", [("hfov_deg", (80, 60)), ("room_height", (2.0, 3.0)),
+                                         ("camera_height", (1.0, 3.0)), ("room_side", (1.0, 4.0))])
+def test_geometry_ranges_outside_their_limits_are_refused(field, value):
+    with pytest.raises(ValidationError, match=field):
+        SceneGeometryConfig(**{field: value})
+
+
+def test_the_scene_cache_key_changes_with_the_geometry():
+    fields = {"image": "rgb"}
+    varied = SyntheticConfig(geometry=SceneGeometryConfig.varied())
+    assert scene_cache_key(SyntheticConfig(), (32, 32), fields) != scene_cache_key(varied, (32, 32), fields)
+
+
+def test_objects_stand_at_the_configured_distance_from_the_camera():
+    near = SceneGeometryConfig(object_distance=(2.0, 2.5))
+    drawn = layouts(near, range(10))
+    distances = [np.linalg.norm(obj.center[:2] - layout.camera.cam_to_world[:2, 3])
+                 for layout in drawn for obj in layout.objects]
+    assert len(distances) >= 10 and min(distances) >= 2.0 and max(distances) <= 2.5

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sgmim.data.synthetic.geometry import box_hit, cylinder_hit, sphere_hit
+from sgmim.spec.data import DEFAULT_NUM_OBJECTS, SceneGeometryConfig
 
 CLASS_NAMES = ("floor", "wall", "ceiling", "box", "sphere", "cylinder")
 FLOOR, WALL, CEILING, BOX, SPHERE, CYLINDER = range(len(CLASS_NAMES))
@@ -18,11 +19,7 @@ FLOOR, WALL, CEILING, BOX, SPHERE, CYLINDER = range(len(CLASS_NAMES))
 ROOM_FACE_CLASSES = (WALL, WALL, WALL, WALL, FLOOR, CEILING)
 NUM_ROOM_FACES = len(ROOM_FACE_CLASSES)
 
-ROOM_SIDE = (3.5, 8.0)        # metres, each horizontal side
-ROOM_HEIGHT = (2.4, 3.2)
-CAMERA_HEIGHT = (0.9, 1.8)
-CAMERA_PITCH = (-0.45, 0.05)  # radians, negative looks down
-HFOV = (np.radians(50), np.radians(75))
+# Room size, camera height, pitch and field of view come from `SceneGeometryConfig`.
 CAMERA_YAW_JITTER = 0.6       # radians off the direction of the room's centre
 CAMERA_ROLL = 0.05            # radians, either way
 WALL_MARGIN = 0.4             # camera and objects keep this far from the walls
@@ -36,8 +33,7 @@ BOX_HALF_HEIGHT = (0.1, 0.9)
 SPHERE_RADIUS = (0.1, 0.5)
 CYLINDER_RADIUS = (0.08, 0.4)
 CYLINDER_HEIGHT = (0.2, 1.8)
-# Objects are placed in front of the camera, where they can be seen.
-PLACE_DISTANCE = (0.8, 5.0)   # metres from the camera
+# Objects are placed in front of the camera, where they can be seen (at `object_distance`).
 PLACE_ANGLE = 0.6             # radians off the viewing direction
 
 
@@ -97,14 +93,16 @@ def _look_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return np.stack([right, down, forward], axis=1)
 
 
-def _sample_camera(rng: np.random.Generator, room: np.ndarray, height: int, width: int) -> Camera:
+def _sample_camera(rng: np.random.Generator, room: np.ndarray, height: int, width: int,
+                   geometry: SceneGeometryConfig) -> Camera:
     position = np.array([rng.uniform(WALL_MARGIN, room[0] - WALL_MARGIN),
                          rng.uniform(WALL_MARGIN, room[1] - WALL_MARGIN),
-                         rng.uniform(*CAMERA_HEIGHT)])
+                         rng.uniform(*geometry.camera_height)])
     to_centre = room[:2] / 2 - position[:2]
     yaw = np.arctan2(to_centre[1], to_centre[0]) + rng.uniform(-CAMERA_YAW_JITTER, CAMERA_YAW_JITTER)
-    rotation = _look_rotation(yaw, rng.uniform(*CAMERA_PITCH), rng.uniform(-CAMERA_ROLL, CAMERA_ROLL))
-    focal = (max(height, width) / 2) / np.tan(rng.uniform(*HFOV) / 2)
+    pitch = np.radians(rng.uniform(*geometry.camera_pitch_deg))
+    rotation = _look_rotation(yaw, pitch, rng.uniform(-CAMERA_ROLL, CAMERA_ROLL))
+    focal = (max(height, width) / 2) / np.tan(np.radians(rng.uniform(*geometry.hfov_deg)) / 2)
     intrinsics = np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]])
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = rotation, position
@@ -125,7 +123,7 @@ def _sample_object(rng: np.random.Generator) -> Primitive:
 
 
 def _place(rng: np.random.Generator, obj: Primitive, room: np.ndarray, camera: Camera,
-           tries: int = 20) -> bool:
+           distance: tuple[float, float], tries: int = 20) -> bool:
     """Put `obj` inside the room, clear of the camera and in front of it; False if no spot fits."""
     cam_xy = camera.cam_to_world[:2, 3]
     forward = camera.cam_to_world[:3, 2]
@@ -133,7 +131,7 @@ def _place(rng: np.random.Generator, obj: Primitive, room: np.ndarray, camera: C
     margin = WALL_MARGIN / 2 + obj.footprint
     for _ in range(tries):
         angle = view_yaw + rng.uniform(-PLACE_ANGLE, PLACE_ANGLE)
-        xy = cam_xy + rng.uniform(*PLACE_DISTANCE) * np.array([np.cos(angle), np.sin(angle)])
+        xy = cam_xy + rng.uniform(*distance) * np.array([np.cos(angle), np.sin(angle)])
         inside = np.all(xy >= margin) and np.all(xy <= room[:2] - margin)
         if inside and np.linalg.norm(xy - cam_xy) > obj.footprint + CAMERA_CLEARANCE:
             obj.center[:2] = xy
@@ -142,16 +140,19 @@ def _place(rng: np.random.Generator, obj: Primitive, room: np.ndarray, camera: C
 
 
 def sample_layout(rng: np.random.Generator, height: int, width: int,
-                  num_objects: tuple[int, int] = (4, 10)) -> Layout:
+                  num_objects: tuple[int, int] = DEFAULT_NUM_OBJECTS,
+                  geometry: SceneGeometryConfig | None = None) -> Layout:
     """Room size, camera, light and objects for one scene."""
-    room = np.array([rng.uniform(*ROOM_SIDE), rng.uniform(*ROOM_SIDE), rng.uniform(*ROOM_HEIGHT)])
-    camera = _sample_camera(rng, room, height, width)
+    geometry = geometry or SceneGeometryConfig()
+    room = np.array([rng.uniform(*geometry.room_side), rng.uniform(*geometry.room_side),
+                     rng.uniform(*geometry.room_height)])
+    camera = _sample_camera(rng, room, height, width, geometry)
     light = np.array([rng.uniform(LIGHT_INSET, room[0] - LIGHT_INSET),
                       rng.uniform(LIGHT_INSET, room[1] - LIGHT_INSET), room[2] - LIGHT_DROP])
     layout = Layout(room, camera, light)
     for _ in range(rng.integers(num_objects[0], num_objects[1] + 1)):
         obj = _sample_object(rng)
-        if _place(rng, obj, room, camera):
+        if _place(rng, obj, room, camera, geometry.object_distance):
             layout.objects.append(obj)
     return layout
 

@@ -15,7 +15,7 @@ from sgmim.data.synthetic.geometry import room_exit
 from sgmim.data.synthetic.layout import NUM_ROOM_FACES, ROOM_FACE_CLASSES, Layout, object_hit, sample_layout
 from sgmim.data.synthetic.pseudo_depth import pseudo_depth
 from sgmim.data.synthetic.shading import shade
-from sgmim.spec.data import PseudoDepthConfig
+from sgmim.spec.data import DEFAULT_NUM_OBJECTS, PseudoDepthConfig, SceneGeometryConfig
 
 
 @dataclass
@@ -52,12 +52,14 @@ def instance_classes(layout: Layout) -> np.ndarray:
 
 def render_scene(seed: int, size: int | tuple[int, int],
                  pseudo: PseudoDepthConfig | None = None,
-                 num_objects: tuple[int, int] = (4, 10)) -> Scene:
-    """Render scene `seed` at `size` ((H, W) or a square side)."""
+                 num_objects: tuple[int, int] = DEFAULT_NUM_OBJECTS,
+                 geometry: SceneGeometryConfig | None = None) -> Scene:
+    """Render scene `seed` at `size` ((H, W) or a square side) with the camera and room ranges of
+    `geometry` (default: `SceneGeometryConfig()`)."""
     height, width = (size, size) if isinstance(size, int) else size
     layout_seq, pseudo_seq = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(layout_seq)
-    layout = sample_layout(rng, height, width, num_objects)
+    layout = sample_layout(rng, height, width, num_objects, geometry)
     dirs = layout.camera.ray_directions(height, width)
     t, instance, detail = cast(layout, dirs)
     rgb = shade(layout, rng, dirs, t, instance, detail)

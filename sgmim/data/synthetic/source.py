@@ -43,6 +43,7 @@ def renderer_digest() -> str:
 def scene_cache_key(synthetic: SyntheticConfig, size: tuple[int, int], fields: dict[str, str]) -> str:
     """Everything a rendered scene depends on but its seed (the seed names the file)."""
     settings = {"num_objects": list(synthetic.num_objects),
+                "geometry": synthetic.geometry.model_dump(mode="json"),
                 "pseudo_depth": synthetic.pseudo_depth.model_dump(mode="json"),
                 "size": list(size), "fields": sorted(fields.values()), "renderer": renderer_digest()}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
@@ -114,7 +115,8 @@ class CachedScenes:
         seed = self.seeds[index]
         if self.disk is not None and (arrays := self.disk.read(seed)) is not None:
             return arrays
-        scene = render_scene(seed, self.size, self.synthetic.pseudo_depth, self.synthetic.num_objects)
+        scene = render_scene(seed, self.size, self.synthetic.pseudo_depth, self.synthetic.num_objects,
+                             self.synthetic.geometry)
         arrays = {name: getattr(scene, attribute) for name, attribute in self.fields.items()}
         if self.disk is not None:
             self.disk.write(seed, arrays)
