@@ -29,7 +29,9 @@ METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 EVAL = "eval.json"
 CHECKPOINTS = "checkpoints"
-LATEST = "latest"  # inside CHECKPOINTS: the tag DeepSpeed finished writing last
+LATEST = "latest"  # inside CHECKPOINTS: the tag DeepSpeed's rank 0 finished writing last
+# inside a tag folder, written by the trainer once every rank has saved the tag: {"zero_stage": N}
+WHOLE_TAG_RECORD = "sgmim_zero.json"
 EXPORT_DIR = "export"
 ENCODER_EXPORT = f"{EXPORT_DIR}/encoder.safetensors"
 MODEL_EXPORT = f"{EXPORT_DIR}/model.safetensors"

@@ -143,9 +143,10 @@ class CheckpointScan:
 
 
 def scan_checkpoints(ckpt_dir: Path) -> CheckpointScan:
-    """Tags that are complete: DeepSpeed writes `latest` after every rank finished the tag
-    folder, so a `global_stepN` folder with N <= the step `latest` names is whole; a newer one
-    is still being written (or was cut short by a crash)."""
+    """Tags that are complete: a `global_stepN` folder with N <= the step `latest` names that
+    holds the trainer's record, written once every rank has saved it (DeepSpeed's rank 0 writes
+    `latest` when its own files are written, so a node lost mid-save leaves it naming a tag cut
+    short). Runs from before the record (no tag holds one) count every tag up to `latest`."""
     scan = CheckpointScan()
     try:
         names = os.listdir(ckpt_dir)
@@ -165,5 +166,7 @@ def scan_checkpoints(ckpt_dir: Path) -> CheckpointScan:
     if m is None or latest not in steps:
         return scan
     limit = int(m.group(1))
-    scan.complete = {name: step for name, step in steps.items() if step <= limit}
+    recorded = {name for name in steps if (ckpt_dir / name / rundir.WHOLE_TAG_RECORD).is_file()}
+    scan.complete = {name: step for name, step in steps.items()
+                     if step <= limit and (name in recorded or not recorded)}
     return scan

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sgmim.rundir import LATEST, TAG_PATTERN
+from sgmim.rundir import LATEST, TAG_PATTERN, WHOLE_TAG_RECORD
 
 log = logging.getLogger("sgmim.train")
 
@@ -34,10 +34,10 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     tag = latest.read_text().strip()
     if not (ckpt_dir / tag).is_dir():
         raise ResumeError(f"{latest} names {tag!r}, but {ckpt_dir / tag} does not exist")
-    if (ckpt_dir / tag / STAGE_FILE).is_file():
+    if (ckpt_dir / tag / WHOLE_TAG_RECORD).is_file():
         return tag
     recorded = sorted((int(m.group(1)), path.name) for path in ckpt_dir.iterdir()
-                      if (m := TAG_PATTERN.match(path.name)) and (path / STAGE_FILE).is_file())
+                      if (m := TAG_PATTERN.match(path.name)) and (path / WHOLE_TAG_RECORD).is_file())
     if not recorded:
         return tag
     log.warning("checkpoint %s was not finished by every rank; using %s", tag, recorded[-1][1])
@@ -49,18 +49,17 @@ def saved_world_size(tag_dir: Path) -> int | None:
     return len(list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))) or None
 
 
-STAGE_FILE = "sgmim_zero.json"  # beside DeepSpeed's files in a tag folder: {"zero_stage": N}
 
 
 def record_zero_stage(tag_dir: Path, stage: int) -> None:
-    atomic_write_json(tag_dir / STAGE_FILE, {"zero_stage": stage})
+    atomic_write_json(tag_dir / WHOLE_TAG_RECORD, {"zero_stage": stage})
 
 
 def saved_zero_stage(tag_dir: Path) -> int:
     """The ZeRO stage a checkpoint was written with: recorded by the trainer; for a checkpoint
     from before the record, 0 when it has no ZeRO partition files, else 2 (stages 1 and 2 share
     a format)."""
-    record = tag_dir / STAGE_FILE
+    record = tag_dir / WHOLE_TAG_RECORD
     if record.is_file():
         return int(json.loads(record.read_text())["zero_stage"])
     if list(tag_dir.glob("zero_pp_rank_*_model_states.pt")):  # ZeRO-3 partitions the weights

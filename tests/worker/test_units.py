@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
+from sgmim.rundir import WHOLE_TAG_RECORD
 from worker.__main__ import celery_argv, identity, parse_args
 from worker.multinode import (
     HostEntry,
@@ -223,6 +224,18 @@ def test_checkpoint_tags_are_complete_once_latest_names_them(tmp_path):
     scan = scan_checkpoints(ckpt)
     assert scan.complete == {} and scan.present == {"global_step4", "global_step8", "global_step12"}
     (ckpt / "latest").write_text("global_step8")
+    assert scan_checkpoints(ckpt).complete == {"global_step4": 4, "global_step8": 8}
+
+
+def test_a_tag_latest_names_before_every_rank_saved_it_is_not_complete(tmp_path):
+    """A node lost mid-save: rank 0 wrote its files and `latest`, the other rank's shard is cut
+    short, and the trainer's record (written after every rank saved) is missing."""
+    ckpt = tmp_path / "checkpoints"
+    for step in (4, 8, 12):
+        (ckpt / f"global_step{step}").mkdir(parents=True)
+    for whole in ("global_step4", "global_step8"):
+        (ckpt / whole / WHOLE_TAG_RECORD).write_text('{"zero_stage": 2}')
+    (ckpt / "latest").write_text("global_step12")
     assert scan_checkpoints(ckpt).complete == {"global_step4": 4, "global_step8": 8}
 
 
