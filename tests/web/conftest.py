@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,18 @@ def open_page(browser: Any, url: str) -> tuple[Any, Browsing]:
     page.on("console", on_console)
     page.on("pageerror", lambda error: console.errors.append(f"uncaught: {error}"))
     return context, Browsing(page, console, url)
+
+
+@contextmanager
+def browsing_tab(browser: Any, url: str) -> Iterator[Browsing]:
+    """A fresh browser context on `url`; leaving it checks that the page logged no unexpected
+    console error."""
+    context, browsing = open_page(browser, url)
+    try:
+        yield browsing
+        assert browsing.console.unexpected() == [], "console errors"
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from service.auth import SESSION_COOKIE
 from tests.service.conftest import free_port
-from tests.web.conftest import TOKEN, SecuredApi, open_page
+from tests.web.conftest import TOKEN, SecuredApi, browsing_tab
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +21,8 @@ SPEC = {"kind": "pretrain", "name": "queued-only", "config": {"schedule": {"epoc
 
 @pytest.fixture
 def tab(browser: Any, secured: SecuredApi) -> Iterator[Any]:
-    context, browsing = open_page(browser, secured.url)
-    try:
+    with browsing_tab(browser, secured.url) as browsing:
         yield browsing
-        assert browsing.console.unexpected() == [], "console errors"
-    finally:
-        context.close()
 
 
 def submit(secured: SecuredApi) -> str:

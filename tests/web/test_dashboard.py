@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.web.conftest import open_page
+from tests.web.conftest import browsing_tab
 from tests.worker.conftest import Stack, tiny_spec, wait_for
 
 pytestmark = pytest.mark.slow
@@ -18,12 +18,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def tab(browser: Any, stack: Stack) -> Iterator[Any]:
-    context, browsing = open_page(browser, stack.url)
-    try:
+    with browsing_tab(browser, stack.url) as browsing:
         yield browsing
-        assert browsing.console.unexpected() == [], "console errors"
-    finally:
-        context.close()
 
 
 def loss_points(page: Any) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from sgmim.spec.study import inline_study, load_study
 from tests.service.study_worker import finish_due
-from tests.web.conftest import ROOT, open_page
+from tests.web.conftest import ROOT, browsing_tab
 from tests.worker.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,12 +28,8 @@ DESCRIPTION = "<b>not bold</b> & <script>alert(1)</script>"
 
 @pytest.fixture
 def tab(browser: Any, stack: Stack) -> Iterator[Any]:
-    context, browsing = open_page(browser, stack.url)
-    try:
+    with browsing_tab(browser, stack.url) as browsing:
         yield browsing
-        assert browsing.console.unexpected() == [], "console errors"
-    finally:
-        context.close()
 
 
 def post_study(stack: Stack, tmp_path) -> dict:
