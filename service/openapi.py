@@ -112,17 +112,14 @@ def job_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
     return components
 
 
-SUBMIT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/JobSpec"},
-                "examples": SPEC_EXAMPLES,
-            }
-        },
-    }
-}
+def json_body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads its JSON body itself: the schema it validates
+    against (a component) and its examples."""
+    content = {"schema": {"$ref": f"#/components/schemas/{schema}"}, "examples": examples}
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}
+
+
+SUBMIT_BODY = json_body("JobSpec", SPEC_EXAMPLES)
 
 
 STUDY_EXAMPLE: dict[str, Any] = {
@@ -169,18 +166,9 @@ def study_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
     return components
 
 
-STUDY_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/StudySpec"},
-                "examples": {"methods": {"summary": "SG-MIM vs SimMIM over three seeds",
-                                         "value": STUDY_EXAMPLE}},
-            }
-        },
-    }
-}
+STUDY_BODY = json_body(
+    "StudySpec", {"methods": {"summary": "SG-MIM vs SimMIM over three seeds", "value": STUDY_EXAMPLE}}
+)
 
 
 def install_openapi(app: FastAPI, max_string_length: int = 4096) -> None:
