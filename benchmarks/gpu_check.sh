@@ -91,7 +91,6 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-STEP_BACKEND=inductor
 STEP_ARGS=(--steps 30 --warmup 5)
 if [[ $CPU_SMOKE == 1 ]]; then
     STEP_ARGS=(--steps 4 --warmup 1)
@@ -236,7 +235,7 @@ phase_command() {
         h2d) echo benchmarks/gpu_phases.py h2d --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         step-eager) echo benchmarks/gpu_phases.py step "${STEP_ARGS[@]}" --spec "$WORK/sgmim.yaml" \
             "${common[@]}" ;;
-        step-compiled) echo benchmarks/gpu_phases.py step --compiled --backend "$STEP_BACKEND" \
+        step-compiled) echo benchmarks/gpu_phases.py step --compiled \
             "${STEP_ARGS[@]}" --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         train-simmim) echo benchmarks/gpu_phases.py train --spec "$WORK/simmim.yaml" "${common[@]}" ;;
         train-sgmim) echo benchmarks/gpu_phases.py train --spec "$WORK/sgmim.yaml" "${common[@]}" ;;

@@ -173,40 +173,33 @@ def cmd_h2d(args) -> None:
 # ------------------------------------------------------------------------------------- step
 
 def cmd_step(args) -> None:
-    """The trainer's model, DeepSpeed config and optimiser on one batch already on the device."""
-    import deepspeed
+    """The trainer's own step (`Trainer.train_step`: its model, DeepSpeed engine, optimiser and
+    clipping) on one batch already on the device: the ceiling the full trainer is measured
+    against. On a GPU two more steps then run under torch's sync debug mode, which names every
+    operation that made the host wait for the device (the trainer's step should have none)."""
     import torch
 
     from sgmim.caches import use_cache_root
-    from sgmim.train.compile import compile_blocks
+    from sgmim.spec import load_spec as load
     from sgmim.train.distributed import init_distributed, read_env
-    from sgmim.train.ds_config import build_ds_config
-    from sgmim.train.optim import LRSchedule, ScheduledLR
     from sgmim.train.pretrain import PretrainTask
+    from sgmim.train.trainer import Trainer
 
+    phase = "step-compiled" if args.compiled else "step-eager"
+    run_dir = args.work / f"run-{phase}"
+    run_dir.mkdir(parents=True, exist_ok=True)
     use_cache_root(args.work / "run")
-    spec = load_spec(args.spec)
+    spec = load(args.spec, [f"config.deepspeed.compile={str(args.compiled).lower()}"])
     env = read_env()
     init_distributed(env)
-    task = PretrainTask(spec, env)
-    torch.manual_seed(0)
-    model = task.build_model()
-    optimizer = torch.optim.AdamW(task.param_groups(model), lr=1e-4, fused=env.on_gpu)
-    lr = LRSchedule.from_config(task.optim, task.schedule.batch_size, 1000, 10_000)
-    ds_config = build_ds_config(task.deepspeed, task.schedule, task.optim.clip_grad, env)
-    phase = "step-compiled" if args.compiled else "step-eager"
-    if args.compiled:
-        compile_blocks(model, backend=args.backend)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                      lr_scheduler=ScheduledLR(optimizer, lr), config=ds_config)
-    batch = {k: v.to(env.device, non_blocking=True) for k, v in one_batch(spec, env.on_gpu).items()}
+    trainer = Trainer(PretrainTask(spec, env), env, run_dir)
+    trainer.setup()
+    batch = {k: v.to(env.device) for k, v in one_batch(spec, env.on_gpu).items()}
     n = batch["image"].shape[0]
+    steps = iter(range(10 ** 9))
 
     def step():
-        named = task.forward(engine, batch)
-        engine.backward(named["loss"])
-        engine.step()
-        return named["loss"]
+        trainer.train_step(batch, next(steps))
 
     start = time.perf_counter()
     step()
@@ -217,20 +210,45 @@ def cmd_step(args) -> None:
     sync(env.device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        loss = step()
+        step()
     sync(env.device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if env.on_gpu else 0
-    stage = ds_config["zero_optimization"]["stage"]
-    detail = (f"ZeRO-{stage}, {ds_config['torch_autocast']['dtype']}, batch {n}, {args.steps} steps; "
+    waits = device_waits(step, steps=2) if env.on_gpu else None
+    info = json.loads((run_dir / "run_info.json").read_text())
+    detail = (f"ZeRO-{trainer.zero_stage}, {info['precision']}, batch {n}, {args.steps} steps; "
               f"first step {first_s:.1f} s")
     if args.compiled:
-        detail += f" (compile, {args.backend}, per block)"
+        detail += f" (compile: {info['compile']})"
     if env.on_gpu:
-        detail += f"; peak {gib(peak)}"
+        detail += f"; peak {gib(peak)}; device waits in 2 steps: {sum(waits.values())}"
     write_phase(args.out, phase, n * args.steps / seconds, detail, first_step_s=first_s,
-                seconds=seconds, steps=args.steps, zero_stage=stage, peak_bytes=peak,
-                loss=float(loss))
+                seconds=seconds, steps=args.steps, zero_stage=trainer.zero_stage,
+                peak_bytes=peak, device_waits=waits,
+                loss=float(trainer.meter.means()[1][0]))
+
+
+def device_waits(step, steps: int) -> dict[str, int]:
+    """Runs `steps` steps under torch.cuda's sync debug mode: {warning text + where: count}."""
+    import warnings
+
+    import torch
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    waits: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            where = f"{str(w.message)[:80]} at {Path(w.filename).name}:{w.lineno}"
+            waits[where] = waits.get(where, 0) + 1
+    return waits
 
 
 # ------------------------------------------------------------------------------------ train
@@ -472,7 +490,6 @@ def main(argv: list[str] | None = None) -> int:
     phase("loader", cmd_loader)
     phase("h2d", cmd_h2d, **{"--repeats": {"type": int, "default": 20}})
     phase("step", cmd_step, **{"--compiled": {"action": "store_true"},
-                               "--backend": {"default": "inductor"},
                                "--steps": {"type": int, "default": 30},
                                "--warmup": {"type": int, "default": 5}})
     phase("train", cmd_train)

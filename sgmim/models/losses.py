@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from sgmim.models.masking import upsample_mask
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,3 +50,32 @@ def local_normalise(image: torch.Tensor, window: int, eps: float = 1e-6) -> torc
     n = F.avg_pool2d(ones, window, stride=1, padding=pad, count_include_pad=True) * window ** 2
     var = ((mean_sq - mean ** 2) * n / (n - 1)).clamp(min=0)
     return ((x - mean) / torch.sqrt(var + eps)).to(image.dtype)
+
+
+class DepthTarget(nn.Module):
+    """The structured target S: each depth map truncated-standardised. No parameters; a module
+    so that regional compilation fuses it (`sgmim.train.compile`)."""
+
+    def __init__(self, trim: float):
+        super().__init__()
+        self.trim = trim
+
+    def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        """depth: (B, 1, H, W) → (B, 1, H, W) standardised."""
+        return truncated_standardise(depth, self.trim)
+
+
+class MaskedReconstructionLoss(nn.Module):
+    """L1 on the masked pixels between a prediction and its target, the target optionally
+    normalised within `norm_window`² neighbourhoods (SimMIM's normalised pixel target). No
+    parameters; a module so that regional compilation fuses it."""
+
+    def __init__(self, patch_size: int, norm_window: int | None = None):
+        super().__init__()
+        self.patch_size, self.norm_window = patch_size, norm_window
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """pred, target: (B, C, H, W); mask: (B, h, w) on the patch grid, 1 = masked."""
+        if self.norm_window is not None:
+            target = local_normalise(target, self.norm_window)
+        return masked_l1(pred, target, upsample_mask(mask, self.patch_size).to(target.dtype))

@@ -16,8 +16,8 @@ from torch import nn
 
 from sgmim.models.encoder import MaskedEncoder
 from sgmim.models.guidance import EXTRACTORS, FusionBlock, visible_tokens
-from sgmim.models.losses import local_normalise, masked_l1, truncated_standardise
-from sgmim.models.masking import MaskGenerator, upsample_mask
+from sgmim.models.losses import DepthTarget, MaskedReconstructionLoss
+from sgmim.models.masking import MaskGenerator
 from sgmim.spec.model import ModelConfig
 
 
@@ -43,9 +43,14 @@ class SGMIM(nn.Module):
         self.encoder = MaskedEncoder(config.encoder)
         dim, stride = self.encoder.out_dim, self.encoder.out_stride
         self.image_head = pixel_shuffle_head(dim, stride, 3)
+        loss, patch = config.loss, self.encoder.patch_size
+        self.image_loss = MaskedReconstructionLoss(
+            patch, loss.norm_target.patch_size if loss.norm_target.enabled else None)
         self.guided = config.guidance.enabled
         if self.guided:
             g = config.guidance
+            self.depth_target = DepthTarget(loss.depth_trim)
+            self.struct_loss = MaskedReconstructionLoss(patch)
             h, w = self.encoder.out_grid
             self.extractor = EXTRACTORS[g.extractor](self.encoder)
             self.fusion = FusionBlock(dim, g.fusion_heads, g.fusion_mlp_ratio, h * w,
@@ -61,24 +66,21 @@ class SGMIM(nn.Module):
                 image_mask: torch.Tensor, struct_mask: torch.Tensor | None = None) -> SGMIMOutput:
         """image: (B, 3, H, W) normalised; depth: (B, 1, H, W);
         image_mask, struct_mask: (B, h, w) on the patch grid, 1 = masked."""
-        lam, patch = self.config.loss, self.encoder.patch_size
+        lam = self.config.loss
         image_feat = self.encoder(image, image_mask)                      # I_F: (B, C, h', w')
         pred_image = self.image_head(image_feat)                          # (B, 3, H, W)
-        target_image = image
-        if lam.norm_target.enabled:
-            target_image = local_normalise(image, lam.norm_target.patch_size)
-        loss_image = masked_l1(pred_image, target_image, upsample_mask(image_mask, patch).to(image.dtype))
+        loss_image = self.image_loss(pred_image, image, image_mask)
         if not self.guided:
             return SGMIMOutput(lam.lambda_image * loss_image, loss_image, None, pred_image, None)
 
-        target = truncated_standardise(depth, lam.depth_trim)             # (B, 1, H, W)
+        target = self.depth_target(depth)                                 # S: (B, 1, H, W)
         struct_feat = self.extractor(target, struct_mask)                 # S_F: (B, h', w', C)
         B, C, h, w = image_feat.shape
-        visible = visible_tokens(struct_mask, self.encoder.out_stride // patch)
+        visible = visible_tokens(struct_mask, self.encoder.out_stride // self.encoder.patch_size)
         fused = self.fusion(image_feat.flatten(2).transpose(1, 2), struct_feat.reshape(B, h * w, C),
                             visible)                                      # I_SF: (B, h'·w', C)
         pred_struct = self.struct_head(fused.transpose(1, 2).reshape(B, C, h, w))
-        loss_struct = masked_l1(pred_struct, target, upsample_mask(struct_mask, patch).to(target.dtype))
+        loss_struct = self.struct_loss(pred_struct, target, struct_mask)
         loss = lam.lambda_image * loss_image + lam.lambda_struct * loss_struct
         return SGMIMOutput(loss, loss_image, loss_struct, pred_image, pred_struct)
 

@@ -23,6 +23,13 @@ def resolve_precision(requested: str, on_gpu: bool) -> str:
     return requested
 
 
+def trainer_clips(zero_stage: int, precision: str) -> bool:
+    """Whether the trainer clips the gradients itself (`Trainer._norm_and_clip`) instead of
+    DeepSpeed: at stage 0, where DeepSpeed's clipping waits for the device twice a step, unless
+    fp16's loss scaler must unscale the gradients first (DeepSpeed does that inside its step)."""
+    return zero_stage == 0 and precision != "fp16"
+
+
 def build_ds_config(ds: DeepSpeedConfig, schedule: ScheduleConfig, clip_grad: float | None,
                     env: DistEnv, load_universal: bool = False, zero_stage: int | None = None) -> dict:
     """`zero_stage`: the stage chosen for this run (default: the spec's, resolved)."""
@@ -34,8 +41,11 @@ def build_ds_config(ds: DeepSpeedConfig, schedule: ScheduleConfig, clip_grad: fl
         "gradient_accumulation_steps": schedule.accumulation,
         "train_batch_size": schedule.batch_size * schedule.accumulation * env.world_size,
         "zero_optimization": zero,
-        "gradient_clipping": clip_grad or 0.0,
+        "gradient_clipping": 0.0 if trainer_clips(stage, precision) else (clip_grad or 0.0),
         "steps_per_print": 2 ** 31 - 1,  # the trainer logs its own metrics
+        # The trainer measures its own throughput; DeepSpeed's timer would synchronise the
+        # device at the start and the end of every step.
+        "timers": {"throughput": {"enabled": False}},
         "torch_autocast": {"enabled": precision != "fp32",
                            "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")},
         "checkpoint": {"load_universal": load_universal},

@@ -36,20 +36,26 @@ log = logging.getLogger("sgmim.train")
 
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, lam: float, eps: float = 1e-3) -> torch.Tensor:
     """GLPDepth's SILog loss over the valid pixels (target > eps) of the whole batch:
-    sqrt(mean(d²) − λ·mean(d)²), d = log(target) − log(pred)."""
+    sqrt(mean(d²) − λ·mean(d)²), d = log(target) − log(pred); 0 when no pixel is valid.
+    Weighted by the valid mask rather than indexed with it: no step waits for the device to
+    count the valid pixels."""
     pred, target = pred.float(), target.float()
-    valid = target > eps
-    if not bool(valid.any()):
-        return pred.sum() * 0.0
-    d = torch.log(target[valid]) - torch.log(pred[valid].clamp_min(1e-6))
-    return torch.sqrt((d ** 2).mean() - lam * d.mean() ** 2 + 1e-12)
+    valid = (target > eps).float()
+    count = valid.sum()
+    d = (torch.log(target.clamp_min(eps)) - torch.log(pred.clamp_min(1e-6))) * valid
+    mean_d = d.sum() / count.clamp_min(1)
+    mean_d2 = (d ** 2).sum() / count.clamp_min(1)
+    loss = torch.sqrt(mean_d2 - lam * mean_d ** 2 + 1e-12)
+    return torch.where(count > 0, loss, pred.sum() * 0.0)
 
 
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Pixel cross-entropy without the ignored (255) pixels; 0 (not NaN) when all are ignored."""
-    if not bool((label != IGNORE_INDEX).any()):
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
+    """Pixel cross-entropy, the mean over the pixels not ignored (255); 0 (not NaN) when all
+    are ignored. Sum over the count rather than torch's mean, which is NaN then, so no step
+    waits for the device to check."""
+    counted = (label != IGNORE_INDEX).sum()
+    total = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / counted.clamp_min(1)
 
 
 def _hw(size) -> tuple[int, int]:

@@ -30,9 +30,9 @@ from sgmim.train.checkpoint import (
     stages_compatible,
     to_universal,
 )
-from sgmim.train.compile import compile_blocks
+from sgmim.train.compile import compile_regions
 from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
-from sgmim.train.ds_config import build_ds_config
+from sgmim.train.ds_config import build_ds_config, resolve_precision, trainer_clips
 from sgmim.train.metrics import MetricsWriter, WindowMeter
 from sgmim.train.optim import LRSchedule, ScheduledLR
 from sgmim.train.sampler import ResumableSampler
@@ -75,10 +75,17 @@ class Plan:
         return cls(steps_per_epoch, total, per_rank_step, per_rank_step * world_size)
 
 
-def gradient_norm(model: torch.nn.Module) -> torch.Tensor:
-    """The 2-norm of all gradients (before clipping), on their device, in a few fused kernels."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+def norm_and_clip(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The 2-norm of all gradients before clipping; with `max_norm`, the gradients scaled in
+    place by max_norm / (norm + 1e-6) where that is below 1 (torch's and DeepSpeed's rule).
+    A few fused kernels on the gradients' device, and nothing read back to the host."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -102,7 +109,7 @@ class Trainer:
         self.lr = LRSchedule.from_config(task.optim, self.plan.total_batch,
                                          self.plan.steps_per_epoch, self.plan.total_steps)
         optimizer = torch.optim.AdamW(task.param_groups(model), lr=self.lr.peak_lr,
-                                      betas=task.optim.betas, eps=task.optim.eps, fused=env.on_gpu)
+                                      betas=task.optim.betas, eps=task.optim.eps, fused=True)
         scheduler = ScheduledLR(optimizer, self.lr)
         self.zero_stage = self._zero_stage()
         resume_tag, universal = self._resume_tag()
@@ -117,11 +124,19 @@ class Trainer:
             log.info("torch.compile: ZeRO-3 compiles the whole model (engine.compile)")
             compiled = "model"
         if compiled == "blocks":
-            log.info("torch.compile: %d blocks compiled one by one", compile_blocks(model))
+            log.info("torch.compile: %d regions (blocks and the glue between them) compiled "
+                     "one by one", compile_regions(model))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
         if compiled == "model":
             self.engine.compile()
+        if env.world_size == 1 and self.zero_stage == 0:
+            # One process has nothing to reduce, yet DeepSpeed would copy every gradient into a
+            # flat buffer, "all-reduce" it alone and copy it back, each step.
+            self.engine.enable_backward_allreduce = False
+        precision = resolve_precision(task.deepspeed.precision, env.on_gpu)
+        self.clip_grad = task.optim.clip_grad if trainer_clips(self.zero_stage, precision) else None
+        self.meter = WindowMeter(env.device)
         self.start_step = 0
         if resume_tag:
             path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=resume_tag)
@@ -195,36 +210,19 @@ class Trainer:
         return self.loader
 
     def fit(self) -> None:
-        plan, sch, engine = self.plan, self.task.schedule, self.engine
+        plan, sch = self.plan, self.task.schedule
         step = self.start_step
         before = getattr(self.task, "before_training", None)  # optional: e.g. a step-0 evaluation
         if before is not None and step == 0:
-            before(engine, self.metrics)
-        meter = WindowMeter(self.env.device)
+            before(self.engine, self.metrics)
+        meter = self.meter
         epoch_start = time.perf_counter()
         while step < plan.total_steps:
             epoch, done_in_epoch = divmod(step, plan.steps_per_epoch)
             for batch in self._loader(epoch, done_in_epoch * plan.samples_per_step):
-                boundary = engine.is_gradient_accumulation_boundary()
-                named = self.task.forward(engine, _to_device(batch, self.env.device))
-                meter.add(named, step + 1)
-                engine.backward(named["loss"])
-                if boundary and self.zero_stage == 0:
-                    # ZeRO finds non-finite gradients and reports the norm it clipped with;
-                    # stage 0 does neither, so the trainer takes the norm (device-side, no
-                    # host sync): logged at log steps, and a non-finite one stops the run
-                    # before the next checkpoint, as a non-finite loss does.
-                    self.grad_norm = gradient_norm(engine.module)
-                    meter.watch(self.grad_norm, step + 1)
-                skipped = engine.skipped_steps
-                engine.step()
-                if not boundary:
+                if not self.train_step(batch, step):
                     continue
                 step += 1
-                if engine.skipped_steps > skipped and not self.loss_scaled:
-                    # DeepSpeed skips an update whose gradients overflowed; without fp16 loss
-                    # scaling that is divergence, not a scale to lower
-                    raise NonFiniteLoss(step, "the gradient")
                 if self._logs_at(step):
                     self._log(meter, step, plan.total_batch)
                 if sch.checkpoint_every and step % sch.checkpoint_every == 0:
@@ -242,6 +240,35 @@ class Trainer:
         if latest_tag(self.ckpt_dir) != tag_for(step):
             self.save(step)
         self.finish(step)
+
+    def train_step(self, batch: dict, step: int) -> bool:
+        """One micro-batch of optimiser step `step + 1`: forward, backward and, at the end of
+        the accumulation, the update. Nothing here waits for the device (no host reads, no
+        host-made tensors): the values stay in the meter until a log line reads them, so the
+        host runs ahead and the GPU never idles between steps. True when the optimiser stepped."""
+        engine = self.engine
+        boundary = engine.is_gradient_accumulation_boundary()
+        named = self.task.forward(engine, _to_device(batch, self.env.device))
+        self.meter.add(named, step + 1)
+        engine.backward(named["loss"])
+        if boundary and self.zero_stage == 0:
+            self._norm_and_clip(step + 1)
+        skipped = engine.skipped_steps
+        engine.step()
+        if boundary and engine.skipped_steps > skipped and not self.loss_scaled:
+            # DeepSpeed skips an update whose gradients overflowed; without fp16 loss
+            # scaling that is divergence, not a scale to lower
+            raise NonFiniteLoss(step + 1, "the gradient")
+        return boundary
+
+    def _norm_and_clip(self, step: int) -> None:
+        """ZeRO finds non-finite gradients and reports the norm it clipped with; stage 0 does
+        neither, so the trainer takes the norm (logged at log steps; a non-finite one stops the
+        run before the next checkpoint, as a non-finite loss does) and clips with it. DeepSpeed's
+        own stage-0 clipping makes two tensors from host values per step, and each of those
+        copies waits for the device to finish all the work queued before it."""
+        self.grad_norm = norm_and_clip(list(self.engine.module.parameters()), self.clip_grad)
+        self.meter.watch(self.grad_norm, step)
 
     def _logs_at(self, step: int) -> bool:
         return step % self.task.schedule.log_every == 0 or step == self.plan.total_steps

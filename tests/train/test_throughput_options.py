@@ -127,27 +127,32 @@ def test_swin_attention_runs_through_fused_sdpa_with_the_same_result():
 
 @pytest.mark.slow
 def test_regional_compilation_of_the_tiny_model_on_cpu():
-    """Every repeated block (5 Swin blocks and the fusion block) compiled on its own; the
-    compiled model computes what the eager one does, gradients included. Traced by Dynamo and
-    AOTAutograd as on the GPU; inductor's C++ code generation is left out (on 2 shared cores
-    it took minutes; tracing alone takes 1-5 minutes on this shared machine)."""
-    from sgmim.train.compile import compile_blocks
+    """Every repeated block and every piece of glue compiled on its own: 5 Swin blocks, the
+    encoder's 3 patch mergings, the fusion block, the MLP extractor (its own 3 mergings inside
+    it), the depth target and the two losses. The compiled model computes what the eager one
+    does, every gradient included. Traced by Dynamo and AOTAutograd as on the GPU; inductor's
+    C++ code generation is left out (on 2 shared cores it took minutes)."""
+    from sgmim.train.compile import compile_regions
 
     torch.manual_seed(0)
     eager = tiny_model()
     compiled = tiny_model()
     compiled.load_state_dict(eager.state_dict())
-    assert compile_blocks(compiled, backend="aot_eager") == 5 + 1  # depths [1, 1, 2, 1] + fusion
+    assert compile_regions(compiled, backend="aot_eager") == 5 + 3 + 1 + 1 + 1 + 2
     batch = tiny_batch()
     out_e, out_c = eager(*batch), compiled(*batch)
     torch.testing.assert_close(out_c.loss, out_e.loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out_c.loss_struct, out_e.loss_struct, atol=1e-4, rtol=1e-4)
     out_e.loss.backward()
     out_c.loss.backward()
-    grad_e = dict(eager.named_parameters())["encoder.mask_token"].grad
-    grad_c = dict(compiled.named_parameters())["encoder.mask_token"].grad
-    torch.testing.assert_close(grad_c, grad_e, atol=1e-4, rtol=1e-3)
-    blocks = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    assert len(blocks) == 6 and compiled._compiled_call_impl is None, "blocks, not the whole model"
+    compiled_params = dict(compiled.named_parameters())
+    for name, param in eager.named_parameters():
+        torch.testing.assert_close(compiled_params[name].grad, param.grad, atol=1e-4, rtol=1e-3,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    regions = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert len(regions) == 13 and compiled._compiled_call_impl is None, "regions, not the whole model"
+    merges_in_extractor = list(compiled.extractor.merges)
+    assert all(m._compiled_call_impl is None for m in merges_in_extractor), "compiled once, inside it"
 
 
 def test_each_block_shape_is_compiled_with_static_shapes():
@@ -155,7 +160,7 @@ def test_each_block_shape_is_compiled_with_static_shapes():
     stage's shape made the block's graph symbolic, and on an H200 (torch 2.11) inductor failed on
     the window padding's index math and fell back to eager after minutes. Every graph handed to
     the backend must have concrete shapes."""
-    from sgmim.train.compile import compile_blocks
+    from sgmim.train.compile import compile_regions
 
     symbolic_inputs = []
 
@@ -171,8 +176,8 @@ def test_each_block_shape_is_compiled_with_static_shapes():
     graphs = []
     torch.manual_seed(0)
     model = tiny_model()
-    compile_blocks(model, backend=recording_backend)
+    compile_regions(model, backend=recording_backend)
     with torch.no_grad():
         model(*tiny_batch())
-    assert len(graphs) >= 4, "one graph per distinct block shape (4 stages and the fusion block)"
+    assert len(graphs) >= 4 + 3 + 5, "a graph per distinct block shape, merging and glue region"
     assert symbolic_inputs == []
