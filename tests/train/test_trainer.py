@@ -4,6 +4,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -11,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.train.conftest import metric_lines, start_training, tiny_spec, train, wait_for
+from tests.train.conftest import ROOT, metric_lines, start_training, tiny_spec, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -155,6 +157,29 @@ def test_dataset_smaller_than_a_step_is_a_clear_error(tmp_path):
     assert code == 2
     assert "fewer than one optimiser step" in (tmp_path / "run" / "train.log").read_text()
     assert "Traceback" not in (tmp_path / "run" / "train.log").read_text()
+
+
+LAUNCHER_ONLY = """
+import subprocess, sys
+from sgmim.cli import app
+subprocess.call = lambda argv, **kwargs: 0  # the ranks import torch; their launcher need not
+try:
+    app(["train", sys.argv[1], "--run-dir", sys.argv[2]])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_the_launcher_does_not_import_torch(tmp_path):
+    """`sgmim train` only validates the spec and starts the ranks: importing torch there
+    would add seconds to every run before the ranks even start."""
+    argv = [sys.executable, "-c", LAUNCHER_ONLY, str(tiny_spec(tmp_path)), str(tmp_path / "run")]
+    done = subprocess.run(argv,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout, done.stdout
+    assert (tmp_path / "run" / "spec.json").exists()
 
 
 def test_lr_schedule_shapes():
