@@ -175,8 +175,7 @@ def test_the_launcher_does_not_import_torch(tmp_path):
     """`sgmim train` only validates the spec and starts the ranks: importing torch there
     would add seconds to every run before the ranks even start."""
     argv = [sys.executable, "-c", LAUNCHER_ONLY, str(tiny_spec(tmp_path)), str(tmp_path / "run")]
-    done = subprocess.run(argv,
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "torch imported: False" in done.stdout, done.stdout
     assert (tmp_path / "run" / "spec.json").exists()
