@@ -19,8 +19,10 @@ docs/architecture.md draws the same table with who writes and who reads each fil
 
 from __future__ import annotations
 
+import os
 import re
 from enum import IntEnum
+from pathlib import Path
 
 SPEC = "spec.json"
 DS_CONFIG = "ds_config.json"
@@ -52,6 +54,13 @@ def step_of(tag: str) -> int | None:
     """The step a checkpoint tag names, or None for anything else (`latest`, `*_universal`)."""
     match = TAG_PATTERN.match(tag)
     return int(match.group(1)) if match else None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Readers of the run dir see the old file or the new one, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class TrainerExit(IntEnum):

@@ -18,7 +18,6 @@ def train(
 ) -> None:
     """Run a job spec here, without the service (resumes from the run dir's checkpoint)."""
     from sgmim.spec import SpecError, load_spec
-    from sgmim.train.checkpoint import atomic_write_text
     from sgmim.train.launch import Launch, command, die_with_parent, environment
 
     try:
@@ -29,7 +28,7 @@ def train(
     run_dir = run_dir or Path("runs") / job.name
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = run_dir / rundir.SPEC
-    atomic_write_text(resolved, job.model_dump_json(indent=2))
+    rundir.atomic_write_text(resolved, job.model_dump_json(indent=2))
     if (run_dir / rundir.CHECKPOINTS / rundir.LATEST).exists():
         typer.echo(f"resuming from the latest checkpoint in {run_dir / 'checkpoints'}")
     launch = Launch(nproc_per_node=nproc)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sgmim.rundir import LATEST, TAG_PATTERN, WHOLE_TAG_RECORD
+from sgmim.rundir import LATEST, TAG_PATTERN, WHOLE_TAG_RECORD, atomic_write_text
 
 log = logging.getLogger("sgmim.train")
 
@@ -115,12 +115,6 @@ def consolidated_state_dict(engine, ckpt_dir: Path, tag: str) -> dict[str, torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, data) -> None:

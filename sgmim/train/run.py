@@ -13,9 +13,8 @@ from pathlib import Path
 
 from sgmim import rundir
 from sgmim.caches import use_cache_root
-from sgmim.rundir import TrainerExit
+from sgmim.rundir import TrainerExit, atomic_write_text
 from sgmim.spec import AnyJob, SpecError, load_spec
-from sgmim.train.checkpoint import atomic_write_text
 from sgmim.train.distributed import DistEnv, init_distributed, read_env
 from sgmim.train.launch import die_with_parent
 

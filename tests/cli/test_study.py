@@ -3,18 +3,24 @@
 The SimMIM row pretrains from an image folder that does not exist yet, so both of its cells fail
 at their first job; the folder is then rendered and one cell is retried alone, then the other.
 The table must equal a hand computation from the cells' eval.json in the run directories, and
-running the study again must submit nothing.
+running the study again must submit nothing. A second `sgmim worker` on the same data directory
+runs the cells two at a time, as a box with two workers would (each job is mostly the trainer's
+imports, one core's work), which halves the first round.
 """
 
 import json
 import math
+import os
+import signal
 import statistics
+import subprocess
+import sys
 
 import httpx
 import pytest
 import yaml
 
-from tests.cli.conftest import ROOT, clean_env, cli
+from tests.cli.conftest import ROOT, clean_env, cli, start_server
 
 EXAMPLES = ROOT / "examples" / "jobs"
 TINY_SCHEDULE = {"batch_size": 8, "steps": 2, "log_every": 1}
@@ -42,6 +48,29 @@ def write_study(folder, pretrain_data):
     return path
 
 
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """`sgmim serve --with-worker` (as tests/cli/conftest.py's `server`) and a second
+    `sgmim worker` on its data directory; both are stopped together (a worker's warm shutdown
+    takes seconds)."""
+    state = tmp_path_factory.mktemp("state")
+    roots = str(tmp_path_factory.getbasetemp())
+    server, url = start_server(state, "--with-worker", SGMIM_DATA_ROOTS=roots)
+    with (state / "second-worker.log").open("ab") as log:  # started once the server has migrated
+        second = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "worker", "--name", "second"],
+                                  env=clean_env(SGMIM_DATA_DIR=str(state), SGMIM_DATA_ROOTS=roots), cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
+           "state": state}
+    for proc in (second, server):
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in (second, server):
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def job_ids(url):
     return {j["id"] for j in httpx.get(f"{url}/api/v1/jobs", params={"limit": 200}).json()["items"]}
 
@@ -53,10 +82,11 @@ def status_report(study, out, env):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 14 jobs: about 6 minutes on 2 idle cores, far more on a loaded box
-def test_study_runs_retries_and_tabulates(server, tmp_path):
+@pytest.mark.timeout(1800)  # 14 jobs: a few minutes on 2 idle cores, far more on a loaded box
+def test_study_runs_retries_and_tabulates(two_workers, tmp_path):
     from sgmim.data.synthetic.export import write_synthetic_dataset
 
+    server = two_workers
     env, url = server["env"], server["url"]
     pretrain_data = tmp_path / "pretrain-data"
     study, out = write_study(tmp_path, pretrain_data), tmp_path / "out"

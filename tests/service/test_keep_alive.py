@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,8 +22,10 @@ from tests.service.conftest import PRETRAIN, ROOT, stop
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for both tests: neither depends on what the other left on it."""
+    tmp_path = tmp_path_factory.mktemp("keep-alive")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGMIM_")}
     env.update(SGMIM_DATA_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
@@ -87,9 +88,10 @@ def test_bursts_of_posts_on_keep_alive_connections_all_get_answers(served: str):
 
     try:
         with ThreadPoolExecutor(len(clients)) as pool:
-            for _ in range(8):
+            for burst in range(8):
+                if burst:  # (not before the first: no connection is pooled yet)
+                    time.sleep(4.95)  # the pooled connections idle just under httpx's 5 s expiry
                 list(pool.map(post, range(200)))
-                time.sleep(4.95)  # the pooled connections idle just under httpx's 5 s expiry
     finally:
         for client in clients:
             client.close()

@@ -4,6 +4,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -11,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.train.conftest import metric_lines, start_training, tiny_spec, train, wait_for
+from tests.train.conftest import ROOT, metric_lines, start_training, tiny_spec, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +22,8 @@ STEP_FIELDS = {"step", "epoch", "loss", "loss_img", "loss_struct", "lr", "grad_n
 
 
 def test_two_process_zero2_kill_and_resume(tmp_path):
-    spec = tiny_spec(tmp_path, schedule={"steps": 40, "epochs": None, "log_every": 1,
+    # 20 steps: the kill comes at the first checkpoint (step 4), 16 steps before the end
+    spec = tiny_spec(tmp_path, schedule={"steps": 20, "epochs": None, "log_every": 1,
                                          "checkpoint_every": 4, "keep_checkpoints": 2})
     run_dir = tmp_path / "run"
     proc = start_training(spec, run_dir, nproc=2)
@@ -37,19 +40,19 @@ def test_two_process_zero2_kill_and_resume(tmp_path):
     code, out = train(spec, run_dir, nproc=2)
     assert code == 0, out
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert 4 <= resume_step < 40
-    assert info["start_step"] == resume_step and info["total_steps"] == 40
+    assert 4 <= resume_step < 20
+    assert info["start_step"] == resume_step and info["total_steps"] == 20
     lines = [m for m in metric_lines(run_dir) if "loss" in m]
     second_run = lines[len(first_run):]
     assert second_run[0]["step"] == resume_step + 1, "the step counter continues"
-    assert second_run[-1]["step"] == 40
+    assert second_run[-1]["step"] == 20
     for line in second_run:
         if line["step"] in first_run:  # re-run steps see the same weights, LR and data
             before = first_run[line["step"]]
             assert line["lr"] == pytest.approx(before["lr"], rel=1e-9)
             assert line["loss"] == pytest.approx(before["loss"], rel=1e-4)
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("global_step*")) == \
-        ["global_step36", "global_step40"], "keeps the last 2"
+        ["global_step16", "global_step20"], "keeps the last 2"
     assert (run_dir / "export" / "encoder.safetensors").exists()
 
 
@@ -155,6 +158,28 @@ def test_dataset_smaller_than_a_step_is_a_clear_error(tmp_path):
     assert code == 2
     assert "fewer than one optimiser step" in (tmp_path / "run" / "train.log").read_text()
     assert "Traceback" not in (tmp_path / "run" / "train.log").read_text()
+
+
+LAUNCHER_ONLY = """
+import subprocess, sys
+from sgmim.cli import app
+subprocess.call = lambda argv, **kwargs: 0  # the ranks import torch; their launcher need not
+try:
+    app(["train", sys.argv[1], "--run-dir", sys.argv[2]])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_the_launcher_does_not_import_torch(tmp_path):
+    """`sgmim train` only validates the spec and starts the ranks: importing torch there
+    would add seconds to every run before the ranks even start."""
+    argv = [sys.executable, "-c", LAUNCHER_ONLY, str(tiny_spec(tmp_path)), str(tmp_path / "run")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout, done.stdout
+    assert (tmp_path / "run" / "spec.json").exists()
 
 
 def test_lr_schedule_shapes():
