@@ -24,12 +24,13 @@ TINY_ENCODER = {"timm_name": "swin_tiny_patch4_window7_224", "img_size": 64, "wi
                 "embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8]}
 
 
-def short_spec(example: str, folder: Path) -> Path:
-    """An example job cut to 6 steps of batch 4 on 16 scenes, with clipping on; fine-tuning
-    from a random encoder."""
+def short_spec(example: str, folder: Path, accumulation: int = 1) -> Path:
+    """An example job cut to 6 optimiser steps of batch 4 on 16 scenes, with clipping on;
+    fine-tuning from a random encoder."""
     data = yaml.safe_load((JOBS / f"{example}.yaml").read_text())
     config = data["config"]
-    config["schedule"].update({"steps": 6, "epochs": None, "log_every": 3, "batch_size": 4})
+    config["schedule"].update({"steps": 6, "epochs": None, "log_every": 3, "batch_size": 4,
+                               "accumulation": accumulation})
     config.setdefault("optim", {})["clip_grad"] = 0.5
     config.setdefault("deepspeed", {})["zero_stage"] = "auto"
     config["data"]["num_images"] = 16
@@ -43,8 +44,9 @@ def short_spec(example: str, folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_training_step_never_waits_for_the_device(tmp_path):
-    specs = [short_spec(name, tmp_path) for name in
-             ("pretrain-tiny", "finetune-depth-tiny", "finetune-seg-tiny")]
+    # pretraining accumulates 2 micro-batches per step: the steps between updates too
+    specs = [short_spec("pretrain-tiny", tmp_path, accumulation=2),
+             short_spec("finetune-depth-tiny", tmp_path), short_spec("finetune-seg-tiny", tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), rundir.ENV_LOG_TO_STDOUT: "0"}
     out = subprocess.run([sys.executable, str(Path(__file__).with_name("step_waits_probe.py")),
                           str(tmp_path / "runs"), *map(str, specs)],
@@ -53,7 +55,8 @@ def test_a_training_step_never_waits_for_the_device(tmp_path):
     assert len(reports) == len(specs), out.stdout[-2000:] + out.stderr[-3000:]
     for report in reports:
         assert report["exit"] == 0, report
-        assert report["steps"] == 6, report          # the probe saw every step
+        micro_steps = 12 if report["spec"] == "pretrain-tiny.yaml" else 6
+        assert report["steps"] == micro_steps, report  # the probe saw every micro-batch
         # DeepSpeed's throughput timer, its stage-0 clipping and the fine-tuning losses' checks
         # each used to wait here; one process has no gradient to all-reduce either
         assert report["waits"] == {}, report
