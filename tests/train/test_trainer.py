@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import timm
@@ -295,15 +296,27 @@ def test_resume_on_another_process_count_converts_to_universal(tmp_path):
 def test_zero_stage_auto_and_resume_across_process_counts_and_stages(tmp_path):
     """auto: one process trains ZeRO-0; its checkpoint resumes on two processes (the stage is
     kept, so the optimiser state loads); a spec that asks for a stage that cannot load it is a
-    clear error, not an optimiser silently started afresh."""
+    clear error, not an optimiser silently started afresh. And back: two processes choose
+    ZeRO-2, one process resumes it through the universal checkpoint and keeps stage 2. The two
+    chains share nothing, so the second runs beside the first."""
     schedule = {"steps": 4, "epochs": None, "log_every": 1, "checkpoint_every": 4}
-    run_dir = tmp_path / "run"
-    code, out = train(tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128}), run_dir)
+    first = tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128})
+    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128})
+    zero2 = tiny_spec(tmp_path, "c.yaml", schedule={**schedule, "steps": 8}, data={"num_images": 128},
+                      deepspeed={"zero_stage": 2})
+    two_first = tiny_spec(tmp_path, "d.yaml", schedule=schedule, data={"num_images": 128})
+    with ThreadPoolExecutor(1) as pool:
+        back = pool.submit(two_processes_then_one, two_first, longer, tmp_path / "run2")
+        one_process_then_two(first, longer, zero2, tmp_path / "run")
+        back.result()
+
+
+def one_process_then_two(first, longer, zero2, run_dir):
+    code, out = train(first, run_dir)
     assert code == 0, out
     assert json.loads((run_dir / "run_info.json").read_text())["zero_stage"] == 0
     assert json.loads((run_dir / "checkpoints/global_step4/sgmim_zero.json").read_text()) == {"zero_stage": 0}
 
-    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128})
     code, out = train(longer, run_dir, nproc=2)
     assert code == 0, out
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -311,24 +324,21 @@ def test_zero_stage_auto_and_resume_across_process_counts_and_stages(tmp_path):
     assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
     assert "keeping it" in (run_dir / "train.log").read_text()
 
-    zero2 = tiny_spec(tmp_path, "c.yaml", schedule={**schedule, "steps": 8}, data={"num_images": 128},
-                      deepspeed={"zero_stage": 2})
     code, out = train(zero2, run_dir, nproc=2)
     assert code != 0, out
     errors = [line for line in (run_dir / "train.log").read_text().splitlines() if " ERROR " in line]
     assert errors and all("written with ZeRO stage 0; this spec asks for stage 2" in e and
                           "set deepspeed.zero_stage to 0 or auto" in e for e in errors), errors
 
-    # and back: two processes choose ZeRO-2; one process resumes it through the universal
-    # checkpoint and keeps stage 2 (stage 0 could not take ZeRO's partitioned optimiser state)
-    other = tmp_path / "run2"
-    code, out = train(tiny_spec(tmp_path, "d.yaml", schedule=schedule, data={"num_images": 128}), other,
-                      nproc=2)
+
+def two_processes_then_one(first, longer, run_dir):
+    """Stage 0 could not take ZeRO's partitioned optimiser state, so the stage is kept."""
+    code, out = train(first, run_dir, nproc=2)
     assert code == 0, out
-    assert json.loads((other / "run_info.json").read_text())["zero_stage"] == 2
-    code, out = train(longer, other)
+    assert json.loads((run_dir / "run_info.json").read_text())["zero_stage"] == 2
+    code, out = train(longer, run_dir)
     assert code == 0, out
-    info = json.loads((other / "run_info.json").read_text())
+    info = json.loads((run_dir / "run_info.json").read_text())
     assert (info["start_step"], info["world_size"], info["zero_stage"]) == (4, 1, 2)
-    assert (other / "checkpoints" / "global_step4_universal").is_dir()
-    assert [m["step"] for m in metric_lines(other) if "loss" in m][-2:] == [5, 6]
+    assert (run_dir / "checkpoints" / "global_step4_universal").is_dir()
+    assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
