@@ -225,7 +225,13 @@ def cmd_step(args) -> None:
     write_phase(args.out, phase, n * args.steps / seconds, detail, first_step_s=first_s,
                 seconds=seconds, steps=args.steps, zero_stage=trainer.zero_stage,
                 peak_bytes=peak, device_waits=waits,
-                loss=float(trainer.meter.means()[1][0]))
+                loss=mean_of(trainer.meter, "loss"))
+
+
+def mean_of(meter, name: str) -> float:
+    """The mean of one named value over the meter's window (the phase's steps)."""
+    names, values = meter.means()
+    return float(values[names.index(name)])
 
 
 def device_waits(step, steps: int) -> dict[str, int]:
