@@ -104,3 +104,27 @@ def die_with_parent() -> None:
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+LAUNCHER_MODULES = ("torch.distributed.run", "torchrun")
+
+
+def rank_dies_with_launcher() -> None:
+    """For a rank that torchrun started: die with torchrun, and exit now when torchrun is
+    already gone. The death signal only covers a parent that dies after it is set; a launcher
+    killed while the rank was still starting leaves it adopted by another process (init, or
+    the container's first process), and it would then train, alone and unseen, until its
+    rendezvous timed out. Called before the rank imports anything heavy."""
+    if not sys.platform.startswith("linux"):
+        return
+    die_with_parent()
+    parent = os.getppid()
+    try:
+        argv = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        argv = []
+    if not any(part.decode(errors="replace").endswith(LAUNCHER_MODULES) for part in argv):
+        sys.stderr.write(f"sgmim.train: the rank's launcher (torchrun) is gone (its parent is now "
+                         f"process {parent}); exiting\n")
+        sys.stderr.flush()
+        os._exit(1)

@@ -16,7 +16,6 @@ from sgmim.caches import use_cache_root
 from sgmim.rundir import TrainerExit, atomic_write_text
 from sgmim.spec import AnyJob, SpecError, load_spec
 from sgmim.train.distributed import DistEnv, init_distributed, read_env
-from sgmim.train.launch import die_with_parent
 
 log = logging.getLogger("sgmim.train")
 
@@ -93,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", type=Path, help="job spec (YAML or JSON)")
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank of torchrun: in a session of its own
-        die_with_parent()
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:

@@ -183,6 +183,22 @@ def test_the_launcher_does_not_import_torch(tmp_path):
     assert (tmp_path / "run" / "spec.json").exists()
 
 
+def test_a_rank_whose_launcher_is_gone_exits_before_training(tmp_path):
+    """A rank that torchrun started but that torchrun's death left to another parent (here:
+    started by a plain Python process, as after adoption) exits at once instead of training
+    alone, and does so before importing torch."""
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "orphan", "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    argv = [sys.executable, "-X", "importtime", "-m", "sgmim.train", str(tiny_spec(tmp_path)),
+            "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the rank's launcher (torchrun) is gone" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "sgmim.train.launch" in imported and "torch" not in imported
+    assert not (tmp_path / "run" / "train.log").exists()
+
+
 def test_lr_schedule_shapes():
     from sgmim.spec.train import OptimConfig
     from sgmim.train.optim import LRSchedule
