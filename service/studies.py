@@ -5,7 +5,8 @@ The grid is sgmim.study.grid's and the chain logic sgmim.study.chains' (the same
 per cell and stage as `sgmim study run`, so a study the CLI started replays its jobs here). What
 this module adds is how the chains reach the jobs (the job repository, with the checks of
 POST /jobs) and when they advance: in the POST, on a retry, and every `study_interval_s` for
-every active study (`advance_active`, a loop in the API's lifespan).
+every active study (`advance_active`, a loop in the API's lifespan); and how a study ends early:
+`cancel` (its jobs in flight cancelled, the study no longer advanced until a retry) and `delete`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 
 from service import artifacts
 from service.broker import Broker, Dispatcher, dispatch
+from service.db.errors import InvalidTransition
 from service.db.models import Job, Study
 from service.db.repo import JobRepo
-from service.errors import StudyInvalid, UnknownCells
+from service.errors import StudyInFlight, StudyInvalid, UnknownCells
 from service.settings import Settings
 from service.submission import submit_spec
 from service.texts import check_strings
@@ -145,11 +147,14 @@ class Studies:
             cached = self.loaded[study.name] = (key, Loaded(spec, expand(spec, bases)))
         return cached[1]
 
-    def advance(self, name: str, retry: list[str] | None = None) -> Advanced:
+    def advance(self, name: str, retry: list[str] | None = None, only_active: bool = False) -> Advanced:
         """Submit each cell's due job; with `retry`, resume those cells' failed or cancelled job
-        first ([] for every stopped cell)."""
+        first ([] for every stopped cell). `only_active`: leave it alone if it is not active (the
+        background pass: the study may have been cancelled since it was listed)."""
         with self.lock:
             study = self.repo.study(name)
+            if only_active and not study.active:
+                return Advanced(study, 0, {})
             loaded = self.cells_of(study)
             chains = ServiceChains(self, name, loaded.cells, copy.deepcopy(study.cells))
             if retry is not None:
@@ -170,9 +175,45 @@ class Studies:
         """One background pass: advance every active study; one failing study does not stop the others."""
         for name in self.repo.active_study_names():
             try:
-                self.advance(name)
+                self.advance(name, only_active=True)
             except Exception:
                 log.exception("advancing study %s failed", name)
+
+    def cancel(self, name: str) -> Study:
+        """Cancel every job of the study's cells still queued or running and stop advancing it
+        (inactive), so its cells stop; a retry resumes them. A study with nothing to cancel that
+        is inactive already is left as it is."""
+        with self.lock:
+            study = self.repo.study(name)
+            cancelled = 0
+            for job in self.cell_jobs(study).values():
+                if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                    try:
+                        self.repo.cancel(job.id)
+                    except InvalidTransition:  # it ended since it was read
+                        continue
+                    cancelled += 1
+            if not cancelled and not study.active:
+                return study
+            records = copy.deepcopy(study.cells)
+            jobs = self.cell_jobs(study)
+            for record in (r for cell in records.values() for r in cell["jobs"].values()):
+                if record["id"] in jobs:
+                    record["status"] = jobs[record["id"]].status
+            self.repo.save_study_cells(name, records, active=False)
+            log.info("study %s cancelled (%d job(s) cancelled)", name, cancelled)
+            return self.repo.study(name)
+
+    def delete(self, name: str) -> None:
+        """Forget the study (its jobs stay); refused while one of its jobs has not ended."""
+        with self.lock:
+            study = self.repo.study(name)
+            jobs = self.cell_jobs(study).values()
+            in_flight = sorted((j for j in jobs if not JobStatus(j.status).terminal), key=lambda j: j.id)
+            if in_flight:
+                raise StudyInFlight(name, in_flight[0].id, in_flight[0].status)
+            self.repo.delete_study(name)
+            self.loaded.pop(name, None)
 
     # --- reading --------------------------------------------------------------------------------
 

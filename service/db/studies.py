@@ -1,15 +1,15 @@
 """Studies (/api/v1/studies): one row per study name with its spec and its cells' job records.
 
 The records are written by whoever advances the study (service/studies.py); a study is `active`
-while some cell is neither done nor stopped, and only active studies are advanced in the
-background, so a finished study costs nothing."""
+while some cell is neither done nor stopped and it was not cancelled, and only active studies are
+advanced in the background, so a finished or cancelled study costs nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import defer
 
 from service.db.base import RepoBase
@@ -59,6 +59,12 @@ class StudyRepo(RepoBase):
             done = s.execute(update(Study).where(Study.name == name)
                              .values(cells=cells, active=active, updated_at=utcnow()))
             if done.rowcount == 0:
+                raise StudyNotFound(name)
+
+    def delete_study(self, name: str) -> None:
+        """The study's row only: its jobs are the job repository's (listed and deleted under /jobs)."""
+        with self.db.write() as s:
+            if s.execute(delete(Study).where(Study.name == name)).rowcount == 0:
                 raise StudyNotFound(name)
 
     def set_study_active(self, name: str) -> None:

@@ -1,5 +1,5 @@
 """/api/v1/studies: post a study (a grid of pretrain → fine-tune → evaluate chains), follow its
-cells, retry stopped ones, read its results table (JSON, CSV, Markdown)."""
+cells, cancel it, retry stopped cells, read its results table (JSON, CSV, Markdown), delete it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from service.db.models import Study
 from service.deps import StudiesDep
 from service.openapi import STUDY_BODY
 from service.routes.common import AUTH, CONFLICT, INVALID, decode_body
-from service.schemas import ErrorOut
+from service.schemas import ConflictOut, ErrorOut
 from service.studies import Advanced, Studies
 from service.study_schemas import (
     StudyList,
@@ -32,6 +32,9 @@ from sgmim.study import results
 router = APIRouter(prefix="/studies", tags=["studies"], responses=AUTH)
 
 STUDY_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "no such study"}}
+STUDY_IN_FLIGHT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ConflictOut, "description": "a job of the study is still queued or running: cancel "
+                                               "the study first (`job_id` and `status` name one)"}}
 _NAME = re.compile(STUDY_NAME)
 
 
@@ -97,6 +100,25 @@ def retry_study(
     latest checkpoint) and carry their chains on; other cells are left alone."""
     advanced: Advanced = studies.advance(name, retry=cell or [])
     return study_out(studies, advanced.study, advanced.submitted)
+
+
+@router.post("/{name}/cancel", response_model=StudyOut, summary="Cancel a study",
+             responses=STUDY_NOT_FOUND)
+def cancel_study(name: NameDep, studies: StudiesDep) -> StudyOut:
+    """Cancel every job of its cells that is still queued or running (a running one is
+    `cancelling` until its worker has stopped it) and stop advancing the study: its cells stop
+    where they are, and `POST /studies/{name}/retry` resumes them. Cancelling a study that is
+    cancelled or finished already changes nothing."""
+    return study_out(studies, studies.cancel(name))
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, summary="Delete a study",
+               responses={204: {"description": "deleted"}, **STUDY_NOT_FOUND, **STUDY_IN_FLIGHT})
+def delete_study(name: NameDep, studies: StudiesDep) -> Response:
+    """Forget the study and its results table; its jobs stay (listed and deleted under /jobs).
+    Refused (409) while one of its jobs is queued or running: cancel the study first."""
+    studies.delete(name)
+    return Response(status_code=204)
 
 
 @router.get("/{name}/results", response_model=StudyResults, summary="The study's results table",

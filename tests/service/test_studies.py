@@ -2,7 +2,9 @@
 
 The property here is the route's: a posted grid becomes chains submitted stage by stage by the
 service itself (also across an API restart), posting it again submits nothing, a stopped cell
-is retried alone, and the results table equals a hand computation from the cells' eval.json.
+is retried alone, and the results table equals a hand computation from the cells' eval.json;
+a cancelled study stops (its jobs cancelled, nothing more submitted) until a retry, and is
+deleted only once none of its jobs is in flight.
 So the jobs are claimed and finished through the repository, as a worker would, without
 training; a real worker runs studies in tests/cli/test_study.py.
 """
@@ -57,6 +59,9 @@ class Stack:
 
     def post(self, path: str, body=None, **params) -> httpx.Response:
         return httpx.post(f"{self.url}/api/v1{path}", json=body, params=params, timeout=30)
+
+    def delete(self, path: str) -> httpx.Response:
+        return httpx.delete(f"{self.url}/api/v1{path}", timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +163,67 @@ def test_a_study_advances_replays_retries_and_tabulates(stack: Stack, tmp_path):
     assert stack.post("/studies", body).json()["submitted"] == 0 and job_count(stack) == made + 2
 
     check_results(stack, study)
+    # cancelling a finished study changes nothing
+    study = stack.get("/studies/tiny-methods").json()
+    cancelled = stack.post("/studies/tiny-methods/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["updated_at"] == study["updated_at"] and not cancelled.json()["active"]
+    assert cancelled.json()["done"] == 4 and job_count(stack) == made + 2
+
+
+def stage_of(study: dict, cell: str, stage: str) -> dict:
+    return next(c for c in study["cells"] if c["id"] == cell)["stages"][stage]
+
+
+def test_a_cancelled_study_stops_until_retried_and_is_deleted_once_nothing_runs(stack: Stack, tmp_path):
+    posted = stack.post("/studies", study_body(tmp_path, name="lifecycle", seeds=[0])).json()
+    running = stage_of(posted, "simmim-s0", "pretrain")["job_id"]
+    queued = stage_of(posted, "sgmim-s0", "pretrain")["job_id"]
+    attempt = stack.repo.claim_job(running, "test-worker")
+    assert attempt is not None
+
+    answer = stack.post("/studies/lifecycle/cancel")
+    assert answer.status_code == 200, answer.text
+    study = answer.json()
+    assert not study["active"]
+    assert stage_of(study, "simmim-s0", "pretrain")["status"] == "cancelling"  # until its worker stops it
+    assert stage_of(study, "sgmim-s0", "pretrain")["status"] == "cancelled"
+    assert stack.get(f"/jobs/{queued}").json()["status"] == "cancelled"
+    again = stack.post("/studies/lifecycle/cancel")
+    assert again.status_code == 200 and again.json()["updated_at"] == study["updated_at"]
+
+    refused = stack.delete("/studies/lifecycle")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["job_id"] == running and refused.json()["status"] == "cancelling"
+    assert "cancel it first" in refused.json()["detail"]
+
+    assert stack.repo.finish_job(running, attempt, "cancelled")
+    time.sleep(1.0)  # five passes of the background loop: it leaves a cancelled study alone
+    study = stack.get("/studies/lifecycle").json()
+    assert [(c["stage"], c["status"]) for c in study["cells"]] == [("pretrain", "cancelled")] * 2
+    assert study["stopped"] == 2 and not study["active"]
+    assert all(stage["job_id"] is None for c in study["cells"] for stage in
+               (c["stages"]["finetune"], c["stages"]["evaluate"]))
+
+    # a retry resumes the cancelled jobs and the service advances the study again
+    retried = stack.post("/studies/lifecycle/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["active"] and retried.json()["submitted"] == 0
+    assert at("pretrain", "queued")(retried.json())
+    assert stage_of(retried.json(), "simmim-s0", "pretrain")["job_id"] == running
+    assert stack.delete("/studies/lifecycle").status_code == 409
+    finish_due(stack, retried.json(), "pretrain")
+    study = wait_for(stack, "lifecycle", at("finetune", "queued"))
+    finetunes = [stage_of(study, cell, "finetune")["job_id"] for cell in ("simmim-s0", "sgmim-s0")]
+
+    assert at("finetune", "cancelled")(stack.post("/studies/lifecycle/cancel").json())
+    deleted = stack.delete("/studies/lifecycle")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert stack.get("/studies/lifecycle").status_code == 404
+    assert "lifecycle" not in [s["name"] for s in stack.get("/studies").json()["items"]]
+    for job_id in (running, queued, *finetunes):  # the jobs stay
+        assert stack.get(f"/jobs/{job_id}").status_code == 200
+    assert stack.delete("/studies/lifecycle").status_code == 404
 
 
 def check_results(stack: Stack, study: dict) -> None:
@@ -227,6 +293,8 @@ def test_data_paths_outside_the_roots_name_the_cell(stack: Stack, tmp_path):
 
 def test_unknown_studies_and_cells(stack: Stack, tmp_path):
     assert stack.get("/studies/no-such-study").status_code == 404
+    for answer in (stack.post("/studies/no-such-study/cancel"), stack.delete("/studies/no-such-study")):
+        assert answer.status_code == 404 and answer.json() == {"detail": "study no-such-study not found"}
     assert stack.get("/studies/no-such-study/results").json() == {"detail": "study no-such-study not found"}
     assert stack.post("/studies", study_body(tmp_path, name="known", seeds=[3])).status_code == 201
     answer = stack.post("/studies/known/retry", cell="simmim-s9")

@@ -1,6 +1,7 @@
 "use strict";
 // A study: one bar chart per metric (mean over seeds, error bar = standard deviation, the seeds
 // as dots). The page reloads when a cell moves on (also a settled study's: a cell may be retried).
+// Cancel stops the study (its jobs in flight cancelled); Retry resumes its stopped cells.
 (function () {
   const holder = document.getElementById("study-data");
   if (!holder) return;
@@ -29,4 +30,14 @@
       location.reload();
     }
   });
+  for (const action of ["cancel", "retry"]) {
+    const button = document.getElementById(action);
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const answer = await sgmim.post(`/api/v1/studies/${encodeURIComponent(info.name)}/${action}`);
+      if (answer.ok) { stop(); location.reload(); return; }
+      button.disabled = false;
+      document.getElementById("action-result").textContent = `${action} refused: ` + sgmim.detail(answer.data);
+    });
+  }
 })();
