@@ -1,12 +1,12 @@
 """Studies run by the service (/api/v1/studies): a posted study is stored (table `studies`) and
 advanced by the API itself, so it needs no client to stay connected and survives a restart.
 
-The grid is sgmim.study.grid's and the chain logic sgmim.study.chains' (the same idempotency key
-per cell and stage as `sgmim study run`, so a study the CLI started replays its jobs here). What
-this module adds is how the chains reach the jobs (the job repository, with the checks of
-POST /jobs) and when they advance: in the POST, on a retry, and every `study_interval_s` for
-every active study (`advance_active`, a loop in the API's lifespan); and how a study ends early:
-`cancel` (its jobs in flight cancelled, the study no longer advanced until a retry) and `delete`.
+The grid is sgmim.study.grid's and the chain logic sgmim.study.chains' (an idempotency key per
+cell, stage and job body, so posting a study again replays the jobs it made). What this module
+adds is how the chains reach the jobs (the job repository, with the checks of POST /jobs) and
+when they advance: in the POST, on a retry, and every `study_interval_s` for every active study
+(`advance_active`, a loop in the API's lifespan); and how a study ends early: `cancel` (its jobs
+in flight cancelled, the study no longer advanced until a retry) and `delete`.
 """
 
 from __future__ import annotations
