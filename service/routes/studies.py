@@ -57,14 +57,18 @@ NameDep = Annotated[str, Depends(valid_study_name)]
     openapi_extra=STUDY_BODY,
     summary="Post a study",
     responses={200: {"model": StudyOut, "description": "a study of this name existed: its spec is "
-                     "replaced (when it differs) and only the jobs not made before are submitted"},
+                     "replaced (when it differs) and only the jobs not made before are submitted; "
+                     "a cancelled one stays cancelled (`state`, `cancelled_at`) and gets nothing "
+                     "submitted: `POST /studies/{name}/retry` resumes it"},
                **INVALID},
 )
 async def post_study(request: Request, response: Response, studies: StudiesDep) -> StudyOut:
     """Validate the study (its base jobs inline), store it and submit each cell's pretraining
     job; the service then submits each fine-tuning and evaluation job once its parent has
     succeeded. Every job carries an idempotency key per cell and stage, so posting the same
-    study again submits nothing new (`submitted` counts the jobs this request created)."""
+    study again submits nothing new (`submitted` counts the jobs this request created). Posting
+    a cancelled study does not undo the cancel (a retry does): it stores the spec and answers
+    200 with the study as it is, `state` cancelling or cancelled."""
     data = decode_body(await request.body())
     advanced, created = await run_in_threadpool(studies.post, data)
     response.status_code = 201 if created else 200
@@ -97,7 +101,8 @@ def retry_study(
                                                         "failed or cancelled cell")] = None,
 ) -> StudyOut:
     """Resume the failed or cancelled job of these cells (the next attempt continues from its
-    latest checkpoint) and carry their chains on; other cells are left alone."""
+    latest checkpoint) and carry their chains on; other cells are left alone. A cancelled study's
+    cancel is cleared (`cancelled_at` null): the service advances it again."""
     advanced: Advanced = studies.advance(name, retry=cell or [])
     return study_out(studies, advanced.study, advanced.submitted)
 
@@ -105,9 +110,11 @@ def retry_study(
 @router.post("/{name}/cancel", response_model=StudyOut, summary="Cancel a study",
              responses=STUDY_NOT_FOUND)
 def cancel_study(name: NameDep, studies: StudiesDep) -> StudyOut:
-    """Cancel every job of its cells that is still queued or running (a running one is
-    `cancelling` until its worker has stopped it) and stop advancing the study: its cells stop
-    where they are, and `POST /studies/{name}/retry` resumes them. Cancelling a study that is
+    """Store the cancel (`cancelled_at`, kept by every API process) and cancel every job of its
+    cells that is still queued or running: nothing more is submitted for it and its cells stop
+    where they are, until `POST /studies/{name}/retry` resumes them. A running job is
+    `cancelling` until its worker has stopped it, the study's `state` cancelling meanwhile (the
+    service still reads its jobs' statuses), then cancelled. Cancelling a study that is
     cancelled or finished already changes nothing."""
     return study_out(studies, studies.cancel(name))
 
