@@ -71,6 +71,10 @@ def run(
     console.print(f"study {study.name}: {len(study.rows())} rows × {len(study.seeds)} seeds = "
                   f"{posted['n_cells']} cells on {api.url}, {posted['submitted']} new job(s) submitted; "
                   f"results in {out}")
+    if posted["cancelled_at"] is not None:
+        console.print(f"[yellow]study {study.name} was cancelled at {_when(posted['cancelled_at'])}: running "
+                      f"it again submits and resumes nothing. Resume it with: sgmim study retry "
+                      f"{study.name}[/yellow]")
     wait_and_write(api, study.name, out, poll, again=f"sgmim study run {path} --out {out}")
 
 
@@ -136,8 +140,7 @@ def status(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    state = "running" if report["active"] else "settled"
-    table = Table(title=f"study {markup(name)} ({state})", box=None)
+    table = Table(title=f"study {markup(name)} ({report['state']})", box=None)
     table.add_column("cell", no_wrap=True, min_width=max(len(c["id"]) for c in report["cells"]))
     for stage in STAGES:
         table.add_column(stage, no_wrap=True, overflow="ellipsis")
@@ -145,6 +148,11 @@ def status(
         table.add_row(markup(cell["id"]), *(_stage_text(cell["stages"][stage]) for stage in STAGES))
     console.print(table)
     console.print(f"{report['done']}/{report['n_cells']} cells done, {report['stopped']} stopped")
+
+
+def _when(timestamp: str) -> str:
+    """An API time as `YYYY-MM-DD HH:MM` (UTC)."""
+    return timestamp[:16].replace("T", " ")
 
 
 def _stage_text(stage: dict) -> str:
@@ -202,7 +210,7 @@ def list_studies(
         table.add_column(column, no_wrap=True)
     for s in items:
         table.add_row(markup(s["name"]), str(s["n_cells"]), str(s["done"]), str(s["stopped"]),
-                      "running" if s["active"] else "settled", s["created_at"][:16].replace("T", " "))
+                      s["state"], _when(s["created_at"]))
     console.print(table)
     if not items:
         console.print("no study yet: sgmim study run examples/studies/sgmim-vs-simmim-cpu.yaml", style="dim")

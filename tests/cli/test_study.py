@@ -193,7 +193,19 @@ def test_a_followed_study_is_cancelled_and_deleted(two_workers, tmp_path):
     assert "study stuck cancelled: 0/1 cells done, 1 stopped" in cancelled.stdout
     assert status_report("stuck", env)["sgmim-s0"]["status"] == "cancelled"
     listing = cli("study", "list", env=env)
-    assert listing.returncode == 0 and "stuck" in listing.stdout
+    assert listing.returncode == 0
+    assert next(line for line in listing.stdout.splitlines() if "stuck" in line).split()[4] == "cancelled"
+
+    # running it again resumes nothing: it says so, then writes the table of what finished
+    again = cli("study", "run", str(study), "--out", str(tmp_path / "out"), env=env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "study stuck was cancelled at " in again.stdout, again.stdout
+    said = " ".join(again.stdout.split())  # rich wraps the line
+    assert "running it again submits and resumes nothing. Resume it with: sgmim study retry stuck" in said
+    assert f"cell sgmim-s0: pretrain job {job_id} cancelled" in said
+    assert "retry: sgmim study retry stuck" in said
+    pretrain = status_report("stuck", env)["sgmim-s0"]["stages"]["pretrain"]
+    assert (pretrain["job_id"], pretrain["status"]) == (job_id, "cancelled")
 
     deleted = cli("study", "delete", "stuck", env=env)
     assert deleted.returncode == 0, deleted.stderr

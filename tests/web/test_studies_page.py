@@ -2,7 +2,8 @@
 worker through the repository: the jobs ask for a GPU type no worker serves). The list links to
 the study; its page shows the grid of cells (a failed one with its error), the results table
 and one bar chart per metric, escapes the study's text, links the cells' jobs, and reloads by
-itself when a cell moves on; its Cancel button stops the study and its Retry button resumes it."""
+itself when a cell moves on; its Cancel button stops the study (shown cancelled, also in the
+list) and its Retry button resumes it."""
 
 from __future__ import annotations
 
@@ -115,14 +116,19 @@ def test_cancel_and_retry_buttons(stack: Stack, tab: Any, tmp_path):
     page.locator("#cancel").click()
     expect(page.locator("#cells .s-cancelled")).to_have_count(4)
     answer = stack.client.get("/api/v1/studies/web-cancel").json()
-    assert not answer["active"] and answer["stopped"] == 4
+    assert not answer["active"] and answer["stopped"] == 4 and answer["state"] == "cancelled"
     assert page.locator("#cancel").is_hidden() and "4 stopped" in page.inner_text("#study-state")
+    assert page.locator("#study-state .s-cancelled").inner_text() == "cancelled"
     tab.shot("study-cancelled")
+    tab.goto("/studies")
+    assert page.locator("#studies tr", has_text="web-cancel").locator(".status").inner_text() == "cancelled"
+    tab.goto("/studies/web-cancel")
 
     page.locator("#retry").click()
     expect(page.locator("#cells .s-queued")).to_have_count(4)
     assert stack.client.get("/api/v1/studies/web-cancel").json()["active"]
     assert page.locator("#cancel").is_visible() and "running" in page.inner_text("#study-state")
+    assert "cancelled" not in page.inner_text("#study-state")
     assert stack.client.post("/api/v1/studies/web-cancel/cancel").status_code == 200
 
 

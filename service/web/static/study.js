@@ -1,7 +1,8 @@
 "use strict";
 // A study: one bar chart per metric (mean over seeds, error bar = standard deviation, the seeds
-// as dots). The page reloads when a cell moves on (also a settled study's: a cell may be retried).
-// Cancel stops the study (its jobs in flight cancelled); Retry resumes its stopped cells.
+// as dots). The page reloads when a cell moves on or the study's state changes (also a settled
+// study's: a cell may be retried). Cancel stops the study (its jobs in flight cancelled); Retry
+// resumes its stopped cells and clears the cancel.
 (function () {
   const holder = document.getElementById("study-data");
   if (!holder) return;
@@ -25,7 +26,7 @@
   const stop = sgmim.every(5000, async () => {
     const answer = await sgmim.get(`/api/v1/studies/${encodeURIComponent(info.name)}`);
     if (!answer.ok) return;
-    if (state(answer.data.cells) !== info.state || answer.data.active !== info.active) {
+    if (state(answer.data.cells) !== info.state || answer.data.state !== info.study_state) {
       stop();
       location.reload();
     }
