@@ -47,6 +47,16 @@ class UnknownCells(Exception):
         super().__init__(f"study {study} has no cell {', '.join(unknown)}; its cells: {', '.join(known)}")
 
 
+class StudyInFlight(Exception):
+    """409: the study still has a job queued or running (deleting it would orphan a chain the
+    service no longer advances)."""
+
+    def __init__(self, study: str, job_id: str, status: str):
+        self.job_id, self.status = job_id, status
+        super().__init__(f"study {study} has jobs in flight (job {job_id} is {status}); cancel it first: "
+                         f"POST /api/v1/studies/{study}/cancel")
+
+
 def field_errors(
     errors: list[tuple[str, str]], type_: str = "value_error", where: str = "body"
 ) -> list[dict[str, Any]]:
@@ -114,6 +124,10 @@ async def _unknown_cells(_: Request, exc: UnknownCells) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def _study_in_flight(_: Request, exc: StudyInFlight) -> JSONResponse:
+    return JSONResponse({"detail": str(exc), "status": exc.status, "job_id": exc.job_id}, status_code=409)
+
+
 async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
     return JSONResponse({"detail": str(exc), "status": exc.current, "job_id": exc.job_id}, status_code=409)
 
@@ -158,6 +172,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StudyNotFound, _study_not_found)
     app.add_exception_handler(StudyInvalid, _study_invalid)
     app.add_exception_handler(UnknownCells, _unknown_cells)
+    app.add_exception_handler(StudyInFlight, _study_in_flight)
     app.add_exception_handler(InvalidTransition, _transition)
     app.add_exception_handler(IdempotencyConflict, _idempotency)
     app.add_exception_handler(StarletteHTTPException, _http)

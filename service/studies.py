@@ -1,11 +1,19 @@
 """Studies run by the service (/api/v1/studies): a posted study is stored (table `studies`) and
 advanced by the API itself, so it needs no client to stay connected and survives a restart.
 
-The grid is sgmim.study.grid's and the chain logic sgmim.study.chains' (the same idempotency key
-per cell and stage as `sgmim study run`, so a study the CLI started replays its jobs here). What
-this module adds is how the chains reach the jobs (the job repository, with the checks of
-POST /jobs) and when they advance: in the POST, on a retry, and every `study_interval_s` for
-every active study (`advance_active`, a loop in the API's lifespan).
+The grid is sgmim.study.grid's and the chain logic sgmim.study.chains' (an idempotency key per
+cell, stage and job body, so posting a study again replays the jobs it made). What this module
+adds is how the chains reach the jobs (the job repository, with the checks of POST /jobs) and
+when they advance: in the POST, on a retry, and every `study_interval_s` for every active study
+(`advance_active`, a loop in the API's lifespan); and how a study ends early: `cancel` (stored as
+`cancelled_at`; its jobs in flight cancelled; nothing submitted for it until a retry, only its
+jobs' statuses refreshed until none is in flight) and `delete`.
+
+Every API process runs that loop. What keeps a cancel from being undone by a pass of another
+process that read the study before it: the pass checks the cancel before each submit, saves its
+records only if the study is still not cancelled (a conditional UPDATE), and when either check
+finds the cancel, cancels the jobs it submitted or resumed itself (the cancel, reading the
+records, could not see them).
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from typing import Any
 
 from service import artifacts
 from service.broker import Broker, Dispatcher, dispatch
+from service.db.errors import InvalidTransition
 from service.db.models import Job, Study
 from service.db.repo import JobRepo
-from service.errors import StudyInvalid, UnknownCells
+from service.errors import StudyInFlight, StudyInvalid, UnknownCells
 from service.settings import Settings
 from service.submission import submit_spec
 from service.texts import check_strings
@@ -86,16 +95,27 @@ def load(data: Any, settings: Settings) -> Loaded:
     return Loaded(spec, cells)
 
 
+class CancelledMeanwhile(Exception):
+    """The study was cancelled while a pass advanced it: the pass submits nothing more."""
+
+
 class ServiceChains(Chains):
     """A study's chains reaching the jobs through the repository, with POST /jobs' checks."""
 
     def __init__(self, studies: Studies, name: str, cells: list[Cell], records: dict):
         super().__init__(name, cells, records, echo=lambda line: log.info("study %s: %s", name, line))
         self.studies = studies
+        self.started: list[str] = []  # jobs this pass submitted or resumed
+
+    def _check_not_cancelled(self) -> None:
+        if self.studies.repo.study_cancelled(self.study):
+            raise CancelledMeanwhile
 
     def submit(self, body: dict, key: str) -> tuple[str, str, bool]:
         s = self.studies
+        self._check_not_cancelled()
         result = submit_spec(body, key, s.repo, s.broker, s.settings)
+        self.started.append(result.job.id)
         if result.created:
             s.dispatcher.poke()
         return result.job.id, result.job.status, result.created
@@ -107,7 +127,9 @@ class ServiceChains(Chains):
         self.studies.repo.cancel(job_id)
 
     def resume(self, job_id: str) -> str:
+        self._check_not_cancelled()
         job = self.studies.repo.resume(job_id)
+        self.started.append(job_id)
         dispatch(self.studies.repo, self.studies.broker, job)
         return job.status
 
@@ -122,7 +144,8 @@ class Advanced:
 class Studies:
     """The service's studies; one per app (`app.state.studies`). Blocking methods: call them from
     a worker thread. One lock per process serialises advancing, so two passes never race over a
-    study's records (across processes, the idempotency keys make a second submit a replay)."""
+    study's records; across processes the idempotency keys make a second submit a replay, and a
+    cancel holds as the module says."""
 
     def __init__(self, repo: JobRepo, broker: Broker, dispatcher: Dispatcher, settings: Settings):
         self.repo, self.broker, self.dispatcher, self.settings = repo, broker, dispatcher, settings
@@ -145,19 +168,59 @@ class Studies:
             cached = self.loaded[study.name] = (key, Loaded(spec, expand(spec, bases)))
         return cached[1]
 
-    def advance(self, name: str, retry: list[str] | None = None) -> Advanced:
-        """Submit each cell's due job; with `retry`, resume those cells' failed or cancelled job
-        first ([] for every stopped cell)."""
+    def advance(self, name: str, retry: list[str] | None = None, only_active: bool = False) -> Advanced:
+        """Submit each cell's due job; with `retry`, clear the cancel and resume those cells'
+        failed or cancelled job first ([] for every stopped cell). `only_active`: leave it alone if
+        it is not active (the background pass: it may have settled since it was listed). A
+        cancelled study only has its records refreshed."""
         with self.lock:
+            if retry is not None:
+                self._chosen(name, self.cells_of(self.repo.study(name)).cells, retry)  # before any change
+                self.repo.resume_study(name)
             study = self.repo.study(name)
+            if only_active and not study.active:
+                return Advanced(study, 0, {})
+            if study.cancelled_at is not None:
+                return Advanced(self._refresh(study), 0, {})
             loaded = self.cells_of(study)
             chains = ServiceChains(self, name, loaded.cells, copy.deepcopy(study.cells))
-            if retry is not None:
-                chains.resume_stopped(self._chosen(name, loaded.cells, retry))
-            progress = {cell.id: chains.advance(cell) for cell in loaded.cells}
-            active = not all(p.settled for p in progress.values())
-            self.repo.save_study_cells(name, chains.records, active)
+            try:
+                if retry is not None:
+                    chains.resume_stopped(self._chosen(name, loaded.cells, retry))
+                progress = {cell.id: chains.advance(cell) for cell in loaded.cells}
+            except CancelledMeanwhile:
+                saved = False
+            else:
+                active = not all(p.settled for p in progress.values())
+                saved = self.repo.save_study_cells(name, chains.records, active, cancelled_at=None)
+            if not saved:
+                self._withdraw(name, chains.started)
+                return Advanced(self.repo.study(name), 0, {})
             return Advanced(self.repo.study(name), chains.created, progress)
+
+    def _withdraw(self, name: str, job_ids: list[str]) -> None:
+        """A pass that found the study cancelled under it cancels the jobs it submitted or resumed:
+        they are not in the records the cancel read."""
+        for job_id in job_ids:
+            try:
+                self.repo.cancel(job_id)
+            except InvalidTransition:  # it had ended (a replayed job that succeeded long ago)
+                continue
+        log.info("study %s was cancelled (or deleted) during a pass: its %d job(s) cancelled",
+                 name, len(job_ids))
+
+    def _refresh(self, study: Study) -> Study:
+        """A cancelled study's pass: its records get their jobs' statuses (nothing is submitted),
+        and it stays active, read by the background pass, while one of its jobs is in flight."""
+        jobs = self.cell_jobs(study)
+        records = copy.deepcopy(study.cells)
+        for record in (r for cell in records.values() for r in cell["jobs"].values()):
+            if record["id"] in jobs:
+                record["status"] = jobs[record["id"]].status
+        in_flight = any(not JobStatus(job.status).terminal for job in jobs.values())
+        if records != study.cells or in_flight != study.active:
+            self.repo.save_study_cells(study.name, records, in_flight, study.cancelled_at)
+        return self.repo.study(study.name)
 
     def _chosen(self, name: str, cells: list[Cell], wanted: list[str]) -> list[Cell]:
         known = {cell.id: cell for cell in cells}
@@ -170,9 +233,46 @@ class Studies:
         """One background pass: advance every active study; one failing study does not stop the others."""
         for name in self.repo.active_study_names():
             try:
-                self.advance(name)
+                self.advance(name, only_active=True)
             except Exception:
                 log.exception("advancing study %s failed", name)
+
+    def cancel(self, name: str) -> Study:
+        """Store the cancel, then cancel every job of the study's cells still queued or running;
+        the cells stop where they are and a retry resumes them. A finished study (inactive, not
+        cancelled, nothing in flight) is left as it is; one cancelled already keeps its time."""
+        with self.lock:
+            study = self.repo.study(name)
+            if study.cancelled_at is None and not study.active and not self._in_flight(study):
+                return study
+            cancelled_at = self.repo.cancel_study(name)
+            # the records as of the cancel: a pass that saves after it is refused and withdraws its jobs
+            study = self.repo.study(name)
+            if study.cancelled_at != cancelled_at:  # a retry came in between: the later request wins
+                return study
+            cancelled = 0
+            for job in self._in_flight(study):
+                try:
+                    self.repo.cancel(job.id)
+                except InvalidTransition:  # it ended since it was read
+                    continue
+                cancelled += job.status != JobStatus.CANCELLING
+            if cancelled:
+                log.info("study %s cancelled (%d job(s) cancelled)", name, cancelled)
+            return self._refresh(study)
+
+    def _in_flight(self, study: Study) -> list[Job]:
+        return [job for job in self.cell_jobs(study).values() if not JobStatus(job.status).terminal]
+
+    def delete(self, name: str) -> None:
+        """Forget the study (its jobs stay); refused while one of its jobs has not ended."""
+        with self.lock:
+            study = self.repo.study(name)
+            in_flight = sorted(self._in_flight(study), key=lambda j: j.id)
+            if in_flight:
+                raise StudyInFlight(name, in_flight[0].id, in_flight[0].status)
+            self.repo.delete_study(name)
+            self.loaded.pop(name, None)
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ base jobs inline)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -32,11 +32,18 @@ class CellOut(BaseModel):
     stages: dict[str, StageOut]
 
 
+StudyState = Literal["running", "settled", "cancelling", "cancelled"]
+
+
 class StudySummary(BaseModel):
     name: str
     description: str | None = None
-    active: bool = Field(description="the service is still advancing it (some cell is neither "
-                                     "done nor stopped)")
+    state: StudyState = Field(description="running: the service advances it; settled: every cell "
+                                          "is done or stopped; cancelling: cancelled, some of its "
+                                          "jobs still stopping; cancelled: cancelled, none in flight")
+    active: bool = Field(description="the service is still advancing it (state running)")
+    cancelled_at: dt.datetime | None = Field(description="when it was cancelled; null unless it is "
+                                                         "(a retry clears it)")
     n_cells: int = Field(description="rows × seeds")
     done: int = Field(description="cells whose evaluation succeeded")
     stopped: int = Field(description="cells whose current job failed or was cancelled")
@@ -46,11 +53,20 @@ class StudySummary(BaseModel):
     @classmethod
     def from_row(cls, study: Study, spec: StudySpec, states: list[tuple[str, str]]) -> StudySummary:
         """states: (stage, status) of each cell that has a record."""
-        return cls(name=study.name, description=spec.description, active=study.active,
+        return cls(name=study.name, description=spec.description, state=study_state(study),
+                   active=study.active and study.cancelled_at is None, cancelled_at=study.cancelled_at,
                    n_cells=len(spec.rows()) * len(spec.seeds),
                    done=states.count((STAGES[-1], JobStatus.SUCCEEDED)),
                    stopped=sum(s in (JobStatus.FAILED, JobStatus.CANCELLED) for _, s in states),
                    created_at=study.created_at, updated_at=study.updated_at)
+
+
+def study_state(study: Study) -> StudyState:
+    """The stored row's `active` is whether the background pass reads it: for a cancelled study,
+    whether one of its jobs was still in flight at the last pass."""
+    if study.cancelled_at is not None:
+        return "cancelling" if study.active else "cancelled"
+    return "running" if study.active else "settled"
 
 
 class StudyOut(StudySummary):

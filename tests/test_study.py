@@ -1,5 +1,5 @@
-"""The study spec, its grid and its statistics, without a server (the end-to-end run through the
-service is tests/cli/test_study.py)."""
+"""The study spec, its grid, its statistics and when the CLI stops following a study, without a
+server (the end-to-end run through the service is tests/cli/test_study.py)."""
 
 import math
 from pathlib import Path
@@ -80,3 +80,20 @@ def test_table_pairs_only_shared_seeds_and_survives_one_seed():
     a, b = tables["delta1"]
     assert (a.n, b.n, b.n_pairs) == (2, 1, 1)
     assert math.isclose(b.diff, 0.2) and math.isnan(b.std) and math.isnan(b.ci_low)
+
+
+def _cell(stage, status):
+    return {"stage": stage, "status": status}
+
+
+@pytest.mark.parametrize("active, cells, settled", [
+    (True, [_cell("evaluate", "succeeded"), _cell("pretrain", "failed")], True),
+    (True, [_cell("evaluate", "succeeded"), _cell("finetune", "pending")], False),  # the next pass submits it
+    # cancelled between two stages: nothing in flight and nobody advances it
+    (False, [_cell("finetune", "pending"), _cell("pretrain", "cancelled")], True),
+    (False, [_cell("pretrain", "cancelling"), _cell("pretrain", "cancelled")], False),  # its worker stops it
+])
+def test_a_followed_study_settles_when_nothing_more_happens_to_it(active, cells, settled):
+    from sgmim.study.collect import settled as is_settled
+
+    assert is_settled({"active": active, "cells": cells}) is settled

@@ -251,13 +251,17 @@ class JobNode(Base):
 class Study(Base):
     """A study posted to /api/v1/studies: its spec (base jobs inline) and, per cell, the jobs of
     its chain (`cells`: cell id → {row, seed, jobs: stage → {id, key, status}}, the records of
-    sgmim.study.chains). The service advances the active ones (service/studies.py)."""
+    sgmim.study.chains). The service advances the active ones (service/studies.py); a cancelled
+    one (`cancelled_at`) only has its jobs' statuses refreshed until none is in flight."""
 
     __tablename__ = "studies"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType, doc="the study as posted (base jobs inline)")
     cells: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    active: Mapped[bool] = mapped_column(Boolean, index=True, doc="some cell neither done nor stopped")
+    active: Mapped[bool] = mapped_column(Boolean, index=True, doc="the background pass reads it: some cell "
+                                         "neither done nor stopped, or (cancelled) some job still in flight")
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime(), doc="set by a cancel, cleared by a retry: nothing is submitted for it meanwhile")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

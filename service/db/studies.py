@@ -1,15 +1,21 @@
 """Studies (/api/v1/studies): one row per study name with its spec and its cells' job records.
 
 The records are written by whoever advances the study (service/studies.py); a study is `active`
-while some cell is neither done nor stopped, and only active studies are advanced in the
-background, so a finished study costs nothing."""
+while the background pass has to read it: some cell is neither done nor stopped, or it was
+cancelled (`cancelled_at`) and one of its jobs is still in flight. So a finished study, and a
+cancelled one once its jobs have stopped, costs nothing.
+
+Several API processes advance the same studies, so a write of the records is a compare-and-set
+on the cancel state the writer read: a pass that read a running study cannot save over a cancel
+made since (nor a cancelled study's refresh over a retry)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import defer
 
 from service.db.base import RepoBase
@@ -54,16 +60,45 @@ class StudyRepo(RepoBase):
         with self.db.read() as s:
             return list(s.execute(select(Study.name).where(Study.active).order_by(Study.name)).scalars())
 
-    def save_study_cells(self, name: str, cells: dict[str, Any], active: bool) -> None:
+    def save_study_cells(self, name: str, cells: dict[str, Any], active: bool,
+                         cancelled_at: dt.datetime | None) -> bool:
+        """Write the records if the study's cancel state is still `cancelled_at` (as the caller
+        read it), in one conditional UPDATE; False when it changed since (or the study is gone)."""
+        column = Study.cancelled_at
+        unchanged = column.is_(None) if cancelled_at is None else column == cancelled_at
         with self.db.write() as s:
-            done = s.execute(update(Study).where(Study.name == name)
+            done = s.execute(update(Study).where(Study.name == name, unchanged)
                              .values(cells=cells, active=active, updated_at=utcnow()))
-            if done.rowcount == 0:
-                raise StudyNotFound(name)
+            return done.rowcount == 1
 
-    def set_study_active(self, name: str) -> None:
-        """A retried cell: the background advancer takes the study up again."""
-        self.save_study_cells(name, self.study(name).cells, True)
+    def cancel_study(self, name: str) -> dt.datetime:
+        """Store the cancel (once: a cancelled study keeps its first time); when it was cancelled."""
+        now = utcnow()
+        with self.db.write() as s:
+            s.execute(update(Study).where(Study.name == name, Study.cancelled_at.is_(None))
+                      .values(cancelled_at=now, updated_at=now))
+            cancelled_at = s.execute(select(Study.cancelled_at).where(Study.name == name)).first()
+            if cancelled_at is None:
+                raise StudyNotFound(name)
+            return cancelled_at[0]
+
+    def resume_study(self, name: str) -> None:
+        """A retry: the cancel is cleared, and the background pass takes the study up again."""
+        with self.db.write() as s:
+            s.execute(update(Study).where(Study.name == name, Study.cancelled_at.is_not(None))
+                      .values(cancelled_at=None, active=True, updated_at=utcnow()))
+
+    def study_cancelled(self, name: str) -> bool:
+        """Whether the study is cancelled now (read before each submit of a pass)."""
+        with self.db.read() as s:
+            return s.execute(select(Study.name).where(Study.name == name, Study.cancelled_at.is_not(None))
+                             ).first() is not None
+
+    def delete_study(self, name: str) -> None:
+        """The study's row only: its jobs are the job repository's (listed and deleted under /jobs)."""
+        with self.db.write() as s:
+            if s.execute(delete(Study).where(Study.name == name)).rowcount == 0:
+                raise StudyNotFound(name)
 
     def job_rows(self, ids: Iterable[str], evaluation: bool = False) -> dict[str, Job]:
         """The jobs of these ids (those that still exist), in one query; the spec is not loaded."""

@@ -1,5 +1,5 @@
 """/api/v1/studies: post a study (a grid of pretrain → fine-tune → evaluate chains), follow its
-cells, retry stopped ones, read its results table (JSON, CSV, Markdown)."""
+cells, cancel it, retry stopped cells, read its results table (JSON, CSV, Markdown), delete it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from service.db.models import Study
 from service.deps import StudiesDep
 from service.openapi import STUDY_BODY
 from service.routes.common import AUTH, CONFLICT, INVALID, decode_body
-from service.schemas import ErrorOut
+from service.schemas import ConflictOut, ErrorOut
 from service.studies import Advanced, Studies
 from service.study_schemas import (
     StudyList,
@@ -32,6 +32,9 @@ from sgmim.study import results
 router = APIRouter(prefix="/studies", tags=["studies"], responses=AUTH)
 
 STUDY_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "no such study"}}
+STUDY_IN_FLIGHT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ConflictOut, "description": "a job of the study is still queued or running: cancel "
+                                               "the study first (`job_id` and `status` name one)"}}
 _NAME = re.compile(STUDY_NAME)
 
 
@@ -54,14 +57,18 @@ NameDep = Annotated[str, Depends(valid_study_name)]
     openapi_extra=STUDY_BODY,
     summary="Post a study",
     responses={200: {"model": StudyOut, "description": "a study of this name existed: its spec is "
-                     "replaced (when it differs) and only the jobs not made before are submitted"},
+                     "replaced (when it differs) and only the jobs not made before are submitted; "
+                     "a cancelled one stays cancelled (`state`, `cancelled_at`) and gets nothing "
+                     "submitted: `POST /studies/{name}/retry` resumes it"},
                **INVALID},
 )
 async def post_study(request: Request, response: Response, studies: StudiesDep) -> StudyOut:
     """Validate the study (its base jobs inline), store it and submit each cell's pretraining
     job; the service then submits each fine-tuning and evaluation job once its parent has
     succeeded. Every job carries an idempotency key per cell and stage, so posting the same
-    study again submits nothing new (`submitted` counts the jobs this request created)."""
+    study again submits nothing new (`submitted` counts the jobs this request created). Posting
+    a cancelled study does not undo the cancel (a retry does): it stores the spec and answers
+    200 with the study as it is, `state` cancelling or cancelled."""
     data = decode_body(await request.body())
     advanced, created = await run_in_threadpool(studies.post, data)
     response.status_code = 201 if created else 200
@@ -94,9 +101,31 @@ def retry_study(
                                                         "failed or cancelled cell")] = None,
 ) -> StudyOut:
     """Resume the failed or cancelled job of these cells (the next attempt continues from its
-    latest checkpoint) and carry their chains on; other cells are left alone."""
+    latest checkpoint) and carry their chains on; other cells are left alone. A cancelled study's
+    cancel is cleared (`cancelled_at` null): the service advances it again."""
     advanced: Advanced = studies.advance(name, retry=cell or [])
     return study_out(studies, advanced.study, advanced.submitted)
+
+
+@router.post("/{name}/cancel", response_model=StudyOut, summary="Cancel a study",
+             responses=STUDY_NOT_FOUND)
+def cancel_study(name: NameDep, studies: StudiesDep) -> StudyOut:
+    """Store the cancel (`cancelled_at`, kept by every API process) and cancel every job of its
+    cells that is still queued or running: nothing more is submitted for it and its cells stop
+    where they are, until `POST /studies/{name}/retry` resumes them. A running job is
+    `cancelling` until its worker has stopped it, the study's `state` cancelling meanwhile (the
+    service still reads its jobs' statuses), then cancelled. Cancelling a study that is
+    cancelled or finished already changes nothing."""
+    return study_out(studies, studies.cancel(name))
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, summary="Delete a study",
+               responses={204: {"description": "deleted"}, **STUDY_NOT_FOUND, **STUDY_IN_FLIGHT})
+def delete_study(name: NameDep, studies: StudiesDep) -> Response:
+    """Forget the study and its results table; its jobs stay (listed and deleted under /jobs).
+    Refused (409) while one of its jobs is queued or running: cancel the study first."""
+    studies.delete(name)
+    return Response(status_code=204)
 
 
 @router.get("/{name}/results", response_model=StudyResults, summary="The study's results table",

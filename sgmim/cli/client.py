@@ -120,7 +120,8 @@ def describe_error(response: httpx.Response) -> str:
         for item in detail:
             loc = [str(p) for p in item.get("loc", []) if p != "body"]
             parts.append(f"{'.'.join(loc)}: {item.get('msg')}" if loc else str(item.get("msg")))
-        return f"invalid job spec: {'; '.join(parts)}"
+        subject = "study" if "/studies" in response.request.url.path else "job spec"
+        return f"invalid {subject}: {'; '.join(parts)}"
     return str(detail) if detail is not None else f"HTTP {response.status_code}"
 
 

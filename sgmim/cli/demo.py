@@ -2,9 +2,9 @@
 
 Starts the API and a worker (SQLite, filesystem broker), renders a small synthetic RGB-D set,
 pretrains SG-MIM and SimMIM, fine-tunes each for depth from its parent, evaluates both (a study of
-two rows and one seed, run by the study runner), prints the comparison and writes the loss curves,
-then stops what it started (with --keep-serving it keeps the API, its web dashboard and the worker
-up until Ctrl-C, to look at the runs).
+two rows and one seed, posted to the service, which runs it), prints the comparison and writes the
+loss curves, then stops what it started (with --keep-serving it keeps the API, its web dashboard
+and the worker up until Ctrl-C, to look at the runs).
 """
 
 from __future__ import annotations
@@ -161,29 +161,27 @@ def demo_study(data_dir: Path, size: DemoSize):
 
 
 def run_jobs(api: Api, data_dir: Path, size: DemoSize, workdir: Path) -> dict:
-    """The comparison as a study: pretrain → fine-tune → evaluate per method, through the API."""
-    from sgmim.study.collect import write_results
-    from sgmim.study.grid import expand
-    from sgmim.study.runner import StudyRunner
+    """The comparison as a study the service runs: pretrain → fine-tune → evaluate per method."""
+    from sgmim.spec.study import inline_study
+    from sgmim.study.collect import done, follow, write_results
 
     study, bases = demo_study(data_dir, size)
-    cells = expand(study, bases)
-    runner = StudyRunner(api, study.name, cells, workdir / "study", echo=console.print)
-    progress = runner.run(poll_s=1.0)
-    for cell_id, where in progress.items():
-        if where.stopped:
-            fail(f"{cell_id}: {where.stage} job {where.job_id} {where.status}; "
-                 f"see `sgmim logs {where.job_id}`")
-    jobs = {cell_id: record["jobs"] for cell_id, record in runner.state.data["cells"].items()}
-    write_results(api, study, cells, progress, jobs, runner.out)
+    api.post("/studies", inline_study(study, bases))
+    settled = follow(api, study.name, 1.0, echo=console.print)
+    for cell in settled["cells"]:
+        if not done(cell):
+            job = cell["stages"][cell["stage"]]["job_id"]
+            fail(f"{cell['id']}: {cell['stage']} job {job} {cell['status']}; see `sgmim logs {job}`")
+    out = workdir / "study"
+    write_results(api, settled, out)
     metrics, pretrains = {}, {}
-    for cell in cells:
-        metrics[cell.row] = json.loads((runner.out / "cells" / cell.id / "eval.json").read_text())
-        pretrains[cell.row] = jobs[cell.id]["pretrain"]["id"]
+    for cell in settled["cells"]:
+        metrics[cell["row"]] = json.loads((out / "cells" / cell["id"] / "eval.json").read_text())
+        pretrains[cell["row"]] = cell["stages"]["pretrain"]["job_id"]
     curves = {f"{m} ({job_id})": fetch_series(api, job_id, ["loss_img", "loss_struct", "lr"])
               for m, job_id in pretrains.items()}
     render(curves, workdir / "pretrain-losses.png")
-    return {"metrics": metrics, "pretrain": pretrains, "study": runner.out}
+    return {"metrics": metrics, "pretrain": pretrains, "study": out}
 
 
 def print_summary(results: dict, url: str, workdir: Path, keep_serving: bool = False) -> None:
@@ -196,7 +194,7 @@ def print_summary(results: dict, url: str, workdir: Path, keep_serving: bool = F
                       _fmt(m.get("abs_rel")), _fmt(m.get("delta1")), str(evaluation.get("num_images")))
     console.print(table)
     console.print(f"loss curves: {workdir / 'pretrain-losses.png'}")
-    console.print(f"study results (tables, state): {results['study']}")
+    console.print(f"study results (tables, evaluations): {results['study']}")
     console.print(f"artifacts (run dirs, database, logs): {workdir / 'state'}")
     if not keep_serving:
         console.print(f"the API and its dashboard ran at {url}/ (stopped now); to look at these runs, "

@@ -1,2 +1,2 @@
-"""Studies: a grid of pretrain → fine-tune → evaluate chains run through the service
-(`sgmim study run`), and the table of results over seeds."""
+"""Studies: a grid of pretrain → fine-tune → evaluate chains that the service runs (`sgmim study
+run` posts one and follows it), and the table of results over seeds."""

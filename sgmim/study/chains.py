@@ -8,9 +8,9 @@ advancing a study again replays the jobs it already made instead of duplicating 
 and so the key: that stage is submitted anew and its outdated jobs still in flight are cancelled.
 A failed or cancelled job stops its cell; `resume_stopped` resumes that job and the chain goes on.
 
-`Chains` holds this logic once; how a job is submitted, read, cancelled and resumed is left to a
-subclass: over HTTP for `sgmim study run` (sgmim.study.runner), through the job repository in the
-service (service/studies.py).
+`Chains` holds this logic; how a job is submitted, read, cancelled and resumed is left to a
+subclass: the service's (service/studies.py) reaches the jobs through its job repository. The
+records are the service's too (its `studies` table); `sgmim study` follows them over the API.
 """
 
 from __future__ import annotations
@@ -78,9 +78,6 @@ class Chains:
         """Resume a failed or cancelled job; its new status."""
         raise NotImplementedError
 
-    def save(self) -> None:
-        """The records changed."""
-
     # --- the chain logic ------------------------------------------------------------------------
 
     def cell_record(self, cell: Cell) -> dict:
@@ -108,13 +105,11 @@ class Chains:
                 self.created += created
                 replayed = "" if created else " (submitted before)"
                 self.echo(f"{cell.id}: {stage} job {job_id} {status}{replayed}")
-                self.save()
             elif record["status"] != JobStatus.SUCCEEDED:
                 status = self.job_status(record["id"])
                 if status != record["status"]:
                     record["status"] = status
                     self.echo(f"{cell.id}: {stage} job {record['id']} {status}")
-                    self.save()
             if record["status"] != JobStatus.SUCCEEDED:
                 return CellProgress(stage, record["status"], record["id"])
             parent = record["id"]
@@ -137,20 +132,6 @@ class Chains:
             if progress.stopped:
                 status = self.resume(progress.job_id)
                 self.cell_record(cell)["jobs"][progress.stage]["status"] = status
-                self.save()
                 self.echo(f"{cell.id}: {progress.stage} job {progress.job_id} resumed ({status})")
                 resumed.append(cell)
         return resumed
-
-    def peek(self, cell: Cell) -> CellProgress:
-        """Where a cell stands, from the records and the jobs' statuses; submits nothing."""
-        jobs = self.records.get(cell.id, {}).get("jobs", {})
-        for stage in STAGES:
-            record = jobs.get(stage)
-            if record is None:
-                return CellProgress(stage, PENDING, None)
-            if record["status"] != JobStatus.SUCCEEDED:
-                record["status"] = self.job_status(record["id"])
-            if record["status"] != JobStatus.SUCCEEDED:
-                return CellProgress(stage, record["status"], record["id"])
-        return CellProgress(STAGES[-1], JobStatus.SUCCEEDED, jobs[STAGES[-1]]["id"])

@@ -1,11 +1,13 @@
 """`sgmim study`: a 2 methods × 2 seeds grid end to end through `sgmim serve --with-worker`.
 
-The SimMIM row pretrains from an image folder that does not exist yet, so both of its cells fail
-at their first job; the folder is then rendered and one cell is retried alone, then the other.
-The table must equal a hand computation from the cells' eval.json in the run directories, and
-running the study again must submit nothing. A second `sgmim worker` on the same data directory
-runs the cells two at a time, as a box with two workers would (each job is mostly the trainer's
-imports, one core's work), which halves the first round.
+The CLI posts the study and follows it; the service advances the chains. The SimMIM row
+pretrains from an image folder that does not exist yet, so both of its cells fail at their first
+job; the folder is then rendered and one cell is retried alone, then the other. The table must
+equal a hand computation from the cells' eval.json in the run directories, and running the study
+again must submit nothing. A second `sgmim worker` on the same data directory runs the cells two
+at a time, as a box with two workers would (each job is mostly the trainer's imports, one core's
+work), which halves the first round. A study no worker can run is followed until Ctrl-C,
+cancelled and deleted.
 """
 
 import json
@@ -26,9 +28,9 @@ EXAMPLES = ROOT / "examples" / "jobs"
 TINY_SCHEDULE = {"batch_size": 8, "steps": 2, "log_every": 1}
 
 
-def write_study(folder, pretrain_data):
+def write_study(folder, pretrain_data, name="tiny-methods", **changes):
     study = {
-        "name": "tiny-methods",
+        "name": name,
         "pretrain": {"file": str(EXAMPLES / "pretrain-tiny.yaml"),
                      "set": {"config.data.num_images": 16, "config.optim.warmup_epochs": 0,
                              "config.schedule": TINY_SCHEDULE}},
@@ -42,8 +44,9 @@ def write_study(folder, pretrain_data):
             {"name": "sgmim", "set": {"method": "sgmim"}},
         ],
         "seeds": [0, 1],
+        **changes,
     }
-    path = folder / "study.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
@@ -55,7 +58,8 @@ def two_workers(tmp_path_factory):
     takes seconds)."""
     state = tmp_path_factory.mktemp("state")
     roots = str(tmp_path_factory.getbasetemp())
-    server, url = start_server(state, "--with-worker", SGMIM_DATA_ROOTS=roots)
+    # the service advances the studies every 0.2 s (default 2 s): each stage waits for a pass
+    server, url = start_server(state, "--with-worker", SGMIM_DATA_ROOTS=roots, SGMIM_STUDY_INTERVAL_S="0.2")
     with (state / "second-worker.log").open("ab") as log:  # started once the server has migrated
         second = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "worker", "--name", "second"],
                                   env=clean_env(SGMIM_DATA_DIR=str(state), SGMIM_DATA_ROOTS=roots), cwd=ROOT,
@@ -75,10 +79,11 @@ def job_ids(url):
     return {j["id"] for j in httpx.get(f"{url}/api/v1/jobs", params={"limit": 200}).json()["items"]}
 
 
-def status_report(study, out, env):
-    done = cli("study", "status", str(study), "--out", str(out), "--json", env=env)
+def status_report(study, env):
+    """`sgmim study status --json` (a name or the study file): cell id → cell."""
+    done = cli("study", "status", str(study), "--json", env=env)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return {cell["id"]: cell for cell in json.loads(done.stdout)["cells"]}
 
 
 @pytest.mark.slow
@@ -95,49 +100,49 @@ def test_study_runs_retries_and_tabulates(two_workers, tmp_path):
     first = cli("study", "run", str(study), "--out", str(out), "--poll", "0.5", env=env, timeout=900)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "cell simmim-s0: pretrain job" in first.stdout and "cell simmim-s1: pretrain job" in first.stdout
-    assert "sgmim study retry" in first.stdout
+    assert "sgmim study retry tiny-methods" in first.stdout
     assert len(job_ids(url) - before) == 2 + 2 * 3  # two failed pretrains, two whole chains
-    report = status_report(study, out, env)
+    listed = httpx.get(f"{url}/api/v1/studies").json()["items"]
+    assert [(s["name"], s["done"], s["stopped"]) for s in listed] == [("tiny-methods", 2, 2)]
+    report = status_report("tiny-methods", env)
     assert report["simmim-s0"]["stages"]["pretrain"]["status"] == "failed"
     assert report["simmim-s0"]["stages"]["finetune"]["status"] == "pending"
     assert report["sgmim-s1"]["stages"]["evaluate"]["status"] == "succeeded"
 
-    # the data arrives; one failed cell is retried alone
+    # the data arrives; one failed cell is retried alone (the study named by its file)
     write_synthetic_dataset(pretrain_data, 16, (64, 64), "train")
     made = job_ids(url)
     alone = cli("study", "retry", str(study), "--out", str(out), "--cell", "simmim-s0", "--poll", "0.5",
                 env=env, timeout=900)
     assert alone.returncode == 1, alone.stdout[-3000:] + alone.stderr[-3000:]  # simmim-s1 still failed
-    report = status_report(study, out, env)
+    report = status_report(study, env)
     assert report["simmim-s0"]["stages"]["evaluate"]["status"] == "succeeded"
     assert report["simmim-s1"]["stages"]["pretrain"]["status"] == "failed"
     assert len(job_ids(url) - made) == 2  # its fine-tuning and evaluation; its pretraining resumed
 
-    rest = cli("study", "retry", str(study), "--out", str(out), "--poll", "0.5", env=env, timeout=900)
+    rest = cli("study", "retry", "tiny-methods", "--out", str(out), "--poll", "0.5", env=env, timeout=900)
     assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
     finished = job_ids(url)
     assert len(finished - before) == 2 + 2 * 2 + 2 * 3
 
-    # running the study again submits nothing, with and without the state file
+    # running the study again submits nothing
     again = cli("study", "run", str(study), "--out", str(out), env=env, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "0 new job(s) submitted" in again.stdout
-    (out / "study-state.json").unlink()
-    replay = cli("study", "run", str(study), "--out", str(out), env=env, timeout=300)
-    assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
-    assert "0 new job(s) submitted" in replay.stdout and "(submitted before)" in replay.stdout
     assert job_ids(url) == finished
 
     # the table equals a hand computation from the eval.json of each cell's evaluation job
-    report = status_report(study, out, env)
+    report = status_report("tiny-methods", env)
     artifacts = server["state"] / "artifacts" / "jobs"
     results = json.loads((out / "results.json").read_text())
     assert results["baseline"] == "simmim"
     for metric in ("rmse", "abs_rel", "delta1"):
         by_row = {}
         for cell in report.values():
-            evaluation = json.loads((artifacts / cell["stages"]["evaluate"]["id"] / "eval.json").read_text())
+            run = artifacts / cell["stages"]["evaluate"]["job_id"]
+            evaluation = json.loads((run / "eval.json").read_text())
             by_row.setdefault(cell["row"], {})[cell["seed"]] = evaluation["metrics"][metric]
+            assert json.loads((out / "cells" / cell["id"] / "eval.json").read_text()) == evaluation
         rows = {r["row"]: r for r in results["metrics"][metric]}
         for row, values in by_row.items():
             xs = [values[0], values[1]]
@@ -154,6 +159,61 @@ def test_study_runs_retries_and_tabulates(two_workers, tmp_path):
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("metric,row,n,mean,std") and len(csv_lines) == 1 + 3 * 2
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_followed_study_is_cancelled_and_deleted(two_workers, tmp_path):
+    """Its jobs ask for a GPU type no worker serves: they stay queued."""
+    env, url = two_workers["env"], two_workers["url"]
+    nowhere = {"resources": {"gpu_type": "nowhere"}}
+    study = write_study(tmp_path, tmp_path / "data", name="stuck", seeds=[0],
+                        variants=[{"name": "sgmim", "set": {"method": "sgmim"}}],
+                        **{stage: {"file": str(EXAMPLES / f), "set": nowhere} for stage, f in (
+                            ("pretrain", "pretrain-tiny.yaml"), ("finetune", "finetune-depth-tiny.yaml"),
+                            ("evaluate", "evaluate-depth-tiny.yaml"))})
+    follow = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "study", "run", str(study), "--poll", "0.2",
+                               "--out", str(tmp_path / "out")], env={**env, "PYTHONUNBUFFERED": "1"},
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert follow.stdout.readline().startswith("study stuck: 1 rows × 1 seeds = 1 cells")
+    assert "sgmim-s0: pretrain job" in follow.stdout.readline()  # following it
+    follow.send_signal(signal.SIGINT)
+    out, err = follow.communicate(timeout=30)
+    assert follow.returncode == 130, out + err
+    assert "the service keeps advancing study stuck" in out and "sgmim study cancel stuck" in out
+    report = status_report("stuck", env)
+    job_id = report["sgmim-s0"]["stages"]["pretrain"]["job_id"]
+    assert report["sgmim-s0"]["status"] == "queued"
+
+    refused = cli("study", "delete", "stuck", env=env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "cancel it first" in refused.stderr, refused.stderr
+    assert "sgmim study cancel stuck" in refused.stderr
+
+    cancelled = cli("study", "cancel", str(study), env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "study stuck cancelled: 0/1 cells done, 1 stopped" in cancelled.stdout
+    assert status_report("stuck", env)["sgmim-s0"]["status"] == "cancelled"
+    listing = cli("study", "list", env=env)
+    assert listing.returncode == 0
+    assert next(line for line in listing.stdout.splitlines() if "stuck" in line).split()[4] == "cancelled"
+
+    # running it again resumes nothing: it says so, then writes the table of what finished
+    again = cli("study", "run", str(study), "--out", str(tmp_path / "out"), env=env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "study stuck was cancelled at " in again.stdout, again.stdout
+    said = " ".join(again.stdout.split())  # rich wraps the line
+    assert "running it again submits and resumes nothing. Resume it with: sgmim study retry stuck" in said
+    assert f"cell sgmim-s0: pretrain job {job_id} cancelled" in said
+    assert "retry: sgmim study retry stuck" in said
+    pretrain = status_report("stuck", env)["sgmim-s0"]["stages"]["pretrain"]
+    assert (pretrain["job_id"], pretrain["status"]) == (job_id, "cancelled")
+
+    deleted = cli("study", "delete", "stuck", env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "stuck" not in [s["name"] for s in httpx.get(f"{url}/api/v1/studies").json()["items"]]
+    assert httpx.get(f"{url}/api/v1/jobs/{job_id}").json()["status"] == "cancelled"  # its job stays
+    for command in ("status", "cancel", "delete"):
+        gone = cli("study", command, "stuck", env=env)
+        assert gone.returncode == 2 and gone.stderr == "error: study stuck not found\n", gone.stderr
 
 
 def test_study_rejects_bad_input(tmp_path):

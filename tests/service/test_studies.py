@@ -2,9 +2,12 @@
 
 The property here is the route's: a posted grid becomes chains submitted stage by stage by the
 service itself (also across an API restart), posting it again submits nothing, a stopped cell
-is retried alone, and the results table equals a hand computation from the cells' eval.json.
+is retried alone, and the results table equals a hand computation from the cells' eval.json;
+a cancelled study stops (its jobs cancelled, nothing more submitted) until a retry, and is
+deleted only once none of its jobs is in flight.
 So the jobs are claimed and finished through the repository, as a worker would, without
-training; a real worker runs studies in tests/cli/test_study.py.
+training; a real worker runs studies in tests/cli/test_study.py. The cancel racing a pass of
+another API process is played with two `Studies` (one per process) on one database.
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from sqlalchemy import select
 
+from service.broker import Broker, Dispatcher
+from service.db import migrate
+from service.db.models import Job
 from service.db.repo import JobRepo
 from service.db.session import Database
+from service.studies import Studies
 from sgmim.spec.study import inline_study, load_study
 from tests.service import study_worker
 from tests.service.conftest import (
@@ -31,6 +39,7 @@ from tests.service.conftest import (
     create_pg_database,
     drop_pg_database,
     make_settings,
+    own_database,
     start_uvicorn,
     stop,
 )
@@ -57,6 +66,9 @@ class Stack:
 
     def post(self, path: str, body=None, **params) -> httpx.Response:
         return httpx.post(f"{self.url}/api/v1{path}", json=body, params=params, timeout=30)
+
+    def delete(self, path: str) -> httpx.Response:
+        return httpx.delete(f"{self.url}/api/v1{path}", timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +170,175 @@ def test_a_study_advances_replays_retries_and_tabulates(stack: Stack, tmp_path):
     assert stack.post("/studies", body).json()["submitted"] == 0 and job_count(stack) == made + 2
 
     check_results(stack, study)
+    # cancelling a finished study changes nothing
+    study = stack.get("/studies/tiny-methods").json()
+    cancelled = stack.post("/studies/tiny-methods/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["updated_at"] == study["updated_at"] and not cancelled.json()["active"]
+    assert cancelled.json()["done"] == 4 and job_count(stack) == made + 2
+
+
+def stage_of(study: dict, cell: str, stage: str) -> dict:
+    return next(c for c in study["cells"] if c["id"] == cell)["stages"][stage]
+
+
+def listed(stack: Stack, name: str) -> dict:
+    """The study as GET /studies lists it (from its stored records, not the jobs' live status)."""
+    return next(s for s in stack.get("/studies").json()["items"] if s["name"] == name)
+
+
+def test_a_cancelled_study_stops_until_retried_and_is_deleted_once_nothing_runs(stack: Stack, tmp_path):
+    body = study_body(tmp_path, name="lifecycle", seeds=[0])
+    posted = stack.post("/studies", body).json()
+    running = stage_of(posted, "simmim-s0", "pretrain")["job_id"]
+    queued = stage_of(posted, "sgmim-s0", "pretrain")["job_id"]
+    attempt = stack.repo.claim_job(running, "test-worker")
+    assert attempt is not None
+
+    answer = stack.post("/studies/lifecycle/cancel")
+    assert answer.status_code == 200, answer.text
+    study = answer.json()
+    assert not study["active"] and study["state"] == "cancelling" and study["cancelled_at"] is not None
+    assert stage_of(study, "simmim-s0", "pretrain")["status"] == "cancelling"  # until its worker stops it
+    assert stage_of(study, "sgmim-s0", "pretrain")["status"] == "cancelled"
+    assert stack.get(f"/jobs/{queued}").json()["status"] == "cancelled"
+    summary = listed(stack, "lifecycle")
+    assert (summary["state"], summary["stopped"]) == ("cancelling", 1)
+    again = stack.post("/studies/lifecycle/cancel")
+    assert again.status_code == 200 and again.json()["updated_at"] == study["updated_at"]
+    assert again.json()["cancelled_at"] == study["cancelled_at"]
+    # posting it again (`sgmim study run` once more) leaves it cancelled and says so
+    reposted = stack.post("/studies", body)
+    assert reposted.status_code == 200, reposted.text
+    assert reposted.json()["submitted"] == 0 and reposted.json()["cancelled_at"] == study["cancelled_at"]
+    assert reposted.json()["state"] == "cancelling" and not reposted.json()["active"]
+
+    refused = stack.delete("/studies/lifecycle")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["job_id"] == running and refused.json()["status"] == "cancelling"
+    assert "cancel it first" in refused.json()["detail"]
+
+    assert stack.repo.finish_job(running, attempt, "cancelled")
+    # the background loop refreshes the cancelled study (statuses only) until nothing is in flight
+    deadline = time.monotonic() + 30
+    while (summary := listed(stack, "lifecycle"))["state"] != "cancelled":
+        assert time.monotonic() < deadline, summary
+        time.sleep(0.1)
+    assert summary["stopped"] == 2 and summary["done"] == 0 and not summary["active"]
+    study = stack.get("/studies/lifecycle").json()
+    assert [(c["stage"], c["status"]) for c in study["cells"]] == [("pretrain", "cancelled")] * 2
+    assert study["stopped"] == 2 and study["state"] == "cancelled"
+    assert all(stage["job_id"] is None for c in study["cells"] for stage in
+               (c["stages"]["finetune"], c["stages"]["evaluate"]))
+
+    # a retry resumes the cancelled jobs and the service advances the study again
+    retried = stack.post("/studies/lifecycle/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["active"] and retried.json()["submitted"] == 0
+    assert retried.json()["state"] == "running" and retried.json()["cancelled_at"] is None
+    assert listed(stack, "lifecycle")["cancelled_at"] is None
+    assert at("pretrain", "queued")(retried.json())
+    assert stage_of(retried.json(), "simmim-s0", "pretrain")["job_id"] == running
+    assert stack.delete("/studies/lifecycle").status_code == 409
+    finish_due(stack, retried.json(), "pretrain")
+    study = wait_for(stack, "lifecycle", at("finetune", "queued"))
+    finetunes = [stage_of(study, cell, "finetune")["job_id"] for cell in ("simmim-s0", "sgmim-s0")]
+
+    assert at("finetune", "cancelled")(stack.post("/studies/lifecycle/cancel").json())
+    deleted = stack.delete("/studies/lifecycle")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert stack.get("/studies/lifecycle").status_code == 404
+    assert "lifecycle" not in [s["name"] for s in stack.get("/studies").json()["items"]]
+    for job_id in (running, queued, *finetunes):  # the jobs stay
+        assert stack.get(f"/jobs/{job_id}").status_code == 200
+    assert stack.delete("/studies/lifecycle").status_code == 404
+
+
+@dataclass
+class Process:
+    """One API process's studies: its own engine, broker and dispatcher on the shared database."""
+    db: Database
+    studies: Studies
+
+
+@pytest.fixture
+def two_processes(backend: Backend, request, tmp_path) -> Iterator[tuple[Process, Process]]:
+    """A database of its own: no API process's loop advances these studies but the test's."""
+    with own_database(backend, request, tmp_path) as url:
+        processes = []
+        for index in range(2):
+            settings = make_settings(tmp_path / f"process-{index}", url)
+            db = Database(url)
+            migrate.upgrade(db.engine)
+            repo, broker = JobRepo(db), Broker(settings)
+            broker.prepare()
+            processes.append(Process(db, Studies(repo, broker, Dispatcher(repo, broker), settings)))
+        try:
+            yield processes[0], processes[1]
+        finally:
+            for process in processes:
+                process.studies.broker.close()
+                process.db.dispose()
+
+
+def study_jobs(repo: JobRepo) -> dict[str, str]:
+    """Every job of the database (the study's only) → its status."""
+    with repo.db.read() as s:
+        return dict(s.execute(select(Job.id, Job.status)).all())
+
+
+@pytest.mark.parametrize("lands", ["before the first submit", "before the save"])
+def test_a_cancel_from_another_process_during_a_pass_holds(two_processes, tmp_path, monkeypatch, lands):
+    """Process A's background pass reads the running study; process B cancels it; then A goes on
+    (to its submits, or to saving the records of the jobs it submitted). Nothing A does after
+    the cancel may leave a job of the study in flight or the study advanced."""
+    a, b = two_processes
+    body = study_body(tmp_path, name="raced", seeds=[0])
+    posted, created = a.studies.post(body)
+    assert created and posted.submitted == 2
+    repo = a.studies.repo
+    for job_id in study_jobs(repo):  # the pretraining succeeds: the next pass submits the fine-tuning
+        attempt = repo.claim_job(job_id, "test-worker")
+        assert attempt is not None and repo.finish_job(job_id, attempt, "succeeded")
+
+    cancelled = []
+
+    def cancel_through_b() -> None:
+        if not cancelled:
+            cancelled.append(b.studies.cancel("raced"))
+
+    # "before the first submit": after A has read the study (it expands its cells next);
+    # "before the save": after A has submitted the fine-tuning jobs, as it writes their records
+    target = (a.studies, "cells_of") if lands == "before the first submit" else (repo, "save_study_cells")
+    original = getattr(*target)
+
+    def hooked(*args, **kwargs):
+        cancel_through_b()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(*target, hooked)
+    a.studies.advance_active()
+    monkeypatch.undo()
+    assert cancelled, "the hook did not run"
+
+    jobs = study_jobs(repo)
+    in_flight = {job_id: status for job_id, status in jobs.items() if status in ("queued", "running")}
+    assert in_flight == {}, "a job submitted by the pass that raced the cancel goes on"
+    assert len(jobs) == (2 if lands == "before the first submit" else 4)
+    study = repo.study("raced")
+    assert study.cancelled_at is not None and not study.active, "the pass undid the cancel"
+
+    for process in (a, b, a):  # later passes of either process, and the study posted again
+        process.studies.advance_active()
+        again, created = process.studies.post(body)
+        assert not created and again.submitted == 0 and again.study.cancelled_at == study.cancelled_at
+    assert study_jobs(repo) == jobs
+
+    retried = b.studies.advance("raced", retry=[])  # clears the cancel: the fine-tuning goes on
+    assert retried.study.cancelled_at is None and retried.study.active
+    finetunes = {c: r["jobs"]["finetune"] for c, r in retried.study.cells.items()}
+    assert {r["status"] for r in finetunes.values()} == {"queued"}
+    assert len(study_jobs(repo)) == 4
 
 
 def check_results(stack: Stack, study: dict) -> None:
@@ -227,6 +408,8 @@ def test_data_paths_outside_the_roots_name_the_cell(stack: Stack, tmp_path):
 
 def test_unknown_studies_and_cells(stack: Stack, tmp_path):
     assert stack.get("/studies/no-such-study").status_code == 404
+    for answer in (stack.post("/studies/no-such-study/cancel"), stack.delete("/studies/no-such-study")):
+        assert answer.status_code == 404 and answer.json() == {"detail": "study no-such-study not found"}
     assert stack.get("/studies/no-such-study/results").json() == {"detail": "study no-such-study not found"}
     assert stack.post("/studies", study_body(tmp_path, name="known", seeds=[3])).status_code == 201
     answer = stack.post("/studies/known/retry", cell="simmim-s9")

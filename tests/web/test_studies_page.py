@@ -2,7 +2,8 @@
 worker through the repository: the jobs ask for a GPU type no worker serves). The list links to
 the study; its page shows the grid of cells (a failed one with its error), the results table
 and one bar chart per metric, escapes the study's text, links the cells' jobs, and reloads by
-itself when a cell moves on."""
+itself when a cell moves on; its Cancel button stops the study (shown cancelled, also in the
+list) and its Retry button resumes it."""
 
 from __future__ import annotations
 
@@ -32,12 +33,12 @@ def tab(browser: Any, stack: Stack) -> Iterator[Any]:
         yield browsing
 
 
-def post_study(stack: Stack, tmp_path) -> dict:
+def post_study(stack: Stack, tmp_path, name: str = "web-study") -> dict:
     import yaml
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({
-        "name": "web-study", "description": DESCRIPTION, "pretrain": str(JOBS / "pretrain-tiny.yaml"),
+        "name": name, "description": DESCRIPTION, "pretrain": str(JOBS / "pretrain-tiny.yaml"),
         "finetune": str(JOBS / "finetune-depth-tiny.yaml"),
         "evaluate": str(JOBS / "evaluate-depth-tiny.yaml"),
         "axes": {"method": ["simmim", "sgmim"]}, "seeds": [0, 1]}))
@@ -103,6 +104,32 @@ def test_studies_list_and_study_page(stack: Stack, tab: Any, tmp_path):
         assert time.monotonic() < deadline, "the page did not reload"
         page.wait_for_timeout(500)
     assert "running" in page.inner_text("#study-state")
+
+
+def test_cancel_and_retry_buttons(stack: Stack, tab: Any, tmp_path):
+    from playwright.sync_api import expect
+
+    post_study(stack, tmp_path, name="web-cancel")
+    page = tab.page
+    tab.goto("/studies/web-cancel")
+    assert page.locator("#retry").is_hidden()
+    page.locator("#cancel").click()
+    expect(page.locator("#cells .s-cancelled")).to_have_count(4)
+    answer = stack.client.get("/api/v1/studies/web-cancel").json()
+    assert not answer["active"] and answer["stopped"] == 4 and answer["state"] == "cancelled"
+    assert page.locator("#cancel").is_hidden() and "4 stopped" in page.inner_text("#study-state")
+    assert page.locator("#study-state .s-cancelled").inner_text() == "cancelled"
+    tab.shot("study-cancelled")
+    tab.goto("/studies")
+    assert page.locator("#studies tr", has_text="web-cancel").locator(".status").inner_text() == "cancelled"
+    tab.goto("/studies/web-cancel")
+
+    page.locator("#retry").click()
+    expect(page.locator("#cells .s-queued")).to_have_count(4)
+    assert stack.client.get("/api/v1/studies/web-cancel").json()["active"]
+    assert page.locator("#cancel").is_visible() and "running" in page.inner_text("#study-state")
+    assert "cancelled" not in page.inner_text("#study-state")
+    assert stack.client.post("/api/v1/studies/web-cancel/cancel").status_code == 200
 
 
 def test_an_unknown_study_is_a_404_page(stack: Stack, tab: Any):

@@ -1,6 +1,8 @@
 "use strict";
 // A study: one bar chart per metric (mean over seeds, error bar = standard deviation, the seeds
-// as dots). The page reloads when a cell moves on (also a settled study's: a cell may be retried).
+// as dots). The page reloads when a cell moves on or the study's state changes (also a settled
+// study's: a cell may be retried). Cancel stops the study (its jobs in flight cancelled); Retry
+// resumes its stopped cells and clears the cancel.
 (function () {
   const holder = document.getElementById("study-data");
   if (!holder) return;
@@ -24,9 +26,19 @@
   const stop = sgmim.every(5000, async () => {
     const answer = await sgmim.get(`/api/v1/studies/${encodeURIComponent(info.name)}`);
     if (!answer.ok) return;
-    if (state(answer.data.cells) !== info.state || answer.data.active !== info.active) {
+    if (state(answer.data.cells) !== info.state || answer.data.state !== info.study_state) {
       stop();
       location.reload();
     }
   });
+  for (const action of ["cancel", "retry"]) {
+    const button = document.getElementById(action);
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const answer = await sgmim.post(`/api/v1/studies/${encodeURIComponent(info.name)}/${action}`);
+      if (answer.ok) { stop(); location.reload(); return; }
+      button.disabled = false;
+      document.getElementById("action-result").textContent = `${action} refused: ` + sgmim.detail(answer.data);
+    });
+  }
 })();
