@@ -84,7 +84,7 @@ def stack(tmp_path_factory):
                               stdout=(state / "worker.log").open("wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     yield s
-    stop_server(worker)
+    stop_server(worker, grace=1)
     s.stop_api()
     s.hook.shutdown()
 
