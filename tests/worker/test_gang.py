@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, redis_ser
         yield st
     finally:
         for worker in st.workers:
-            worker.stop()
+            worker.kill9()
         st.client.close()
         stop_uvicorn(api)
         db.dispose()
