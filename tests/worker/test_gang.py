@@ -159,9 +159,12 @@ def test_a_killed_node_worker_stops_the_attempt_and_the_job_resumes(stack: Stack
     job's heartbeat stops, the reaper requeues, node 1 stops (its trainer loses the store, or
     its heartbeat finds the attempt over)."""
     wait_for(lambda: all_free(stack), 30, "every worker free")
-    job_id = stack.submit(tiny_spec(steps=40, name=f"gang-kill-{rank}", resources=TWO_NODES, max_restarts=2))
+    steps = 28
+    spec = tiny_spec(steps=steps, name=f"gang-kill-{rank}", resources=TWO_NODES, max_restarts=2)
+    job_id = stack.submit(spec)
     # any recorded checkpoint: the trainer keeps the latest 2 of one every 4 steps, so a given
-    # tag lives ~8 steps (2 s here), about as long as the supervisor takes to look again
+    # tag lives ~8 steps (2 s here), about as long as the supervisor takes to look again (every
+    # 2 s): the first one is recorded by step 12 or so, and the kill comes 16 steps before the end
     wait_for(lambda: any(c["kind"] == "deepspeed" for c in stack.checkpoints(job_id)), 180, "a checkpoint")
     dead = stack.repo.gang_nodes(job_id, 1)[rank]
     victim = next(w for w in stack.workers if w.name == dead.worker.split("@")[0] and w.proc.poll() is None)
@@ -184,7 +187,7 @@ def test_a_killed_node_worker_stops_the_attempt_and_the_job_resumes(stack: Stack
     attempt2 = stack.repo.gang_nodes(job_id, 2)
     assert dead.worker not in {n.worker for n in attempt2}, "the dead worker is not chosen"
     assert any("resumed from global_step" in line for line in logs), "attempt 2 resumed from the checkpoint"
-    assert [m["step"] for m in stack.metrics(job_id, "loss")][-1] == 40
+    assert [m["step"] for m in stack.metrics(job_id, "loss")][-1] == steps
     start_box(stack, victim.name)  # back to three boxes for the next tests
 
 
