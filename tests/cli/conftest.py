@@ -51,12 +51,17 @@ def start_server(state: Path, *extra: str, port: int | None = None, **settings: 
     return proc, url
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to the server's process group, SIGKILL after `grace` seconds. A teardown, which
+    checks nothing of the stop, gives 1 s: an idle worker's warm shutdown alone takes about 6 s
+    (Celery's loop on the filesystem broker), and a killed server's worker dies with it
+    (PR_SET_PDEATHSIG, as tests/cli/test_serve_lifecycle.py checks)."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
+        proc.wait(grace)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -68,4 +73,4 @@ def server(tmp_path_factory):
                              SGMIM_DATA_ROOTS=str(tmp_path_factory.getbasetemp()))
     yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
            "state": state}
-    stop_server(proc)
+    stop_server(proc, grace=1)

@@ -84,7 +84,7 @@ def stack(tmp_path_factory):
                               stdout=(state / "worker.log").open("wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     yield s
-    stop_server(worker)
+    stop_server(worker, grace=1)
     s.stop_api()
     s.hook.shutdown()
 
@@ -163,7 +163,7 @@ def test_lost_contact_has_its_own_exit_code(stack):
     job_id = submit(stack, *steps(400))
     try:
         stack.wait_for(job_id, lambda j: (j["progress"]["step"] or 0) >= 1)  # it has log lines
-        env = {**stack.env, "SGMIM_RECONNECT_S": "3"}
+        env = {**stack.env, "SGMIM_RECONNECT_S": "1"}  # the API stays down: give up after 1 s
         watch = popen_cli("watch", job_id, env=env)
         follow = popen_cli("logs", job_id, "-f", env=env)
         assert watch.stdout.readline().startswith("status: queued")  # following the event stream

@@ -137,7 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
     finally:
         for worker in st.workers:
-            worker.stop()
+            worker.kill9()
         st.client.close()
         stop_uvicorn(api)
         db.dispose()

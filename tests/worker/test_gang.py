@@ -46,7 +46,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, redis_ser
         SGMIM_DATA_DIR=str(settings.data_dir),
         SGMIM_DATABASE_URL=database_url,
         SGMIM_BROKER_URL=redis_url,
-        SGMIM_GANG_START_TIMEOUT_S="30",
+        # the ghost test waits this out; both nodes' torchruns start within a second or two of
+        # each other, well inside it (it is also their rendezvous join timeout)
+        SGMIM_GANG_START_TIMEOUT_S="15",
         **WORKER_ENV,
     )
     api, url = start_uvicorn(settings, {"SGMIM_STALE_HEARTBEAT_S": "6"}, log=folder / "api.log")
@@ -58,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str, redis_ser
         yield st
     finally:
         for worker in st.workers:
-            worker.stop()
+            worker.kill9()
         st.client.close()
         stop_uvicorn(api)
         db.dispose()
@@ -157,9 +159,12 @@ def test_a_killed_node_worker_stops_the_attempt_and_the_job_resumes(stack: Stack
     job's heartbeat stops, the reaper requeues, node 1 stops (its trainer loses the store, or
     its heartbeat finds the attempt over)."""
     wait_for(lambda: all_free(stack), 30, "every worker free")
-    job_id = stack.submit(tiny_spec(steps=40, name=f"gang-kill-{rank}", resources=TWO_NODES, max_restarts=2))
+    steps = 28
+    spec = tiny_spec(steps=steps, name=f"gang-kill-{rank}", resources=TWO_NODES, max_restarts=2)
+    job_id = stack.submit(spec)
     # any recorded checkpoint: the trainer keeps the latest 2 of one every 4 steps, so a given
-    # tag lives ~8 steps (2 s here), about as long as the supervisor takes to look again
+    # tag lives ~8 steps (2 s here), about as long as the supervisor takes to look again (every
+    # 2 s): the first one is recorded by step 12 or so, and the kill comes 16 steps before the end
     wait_for(lambda: any(c["kind"] == "deepspeed" for c in stack.checkpoints(job_id)), 180, "a checkpoint")
     dead = stack.repo.gang_nodes(job_id, 1)[rank]
     victim = next(w for w in stack.workers if w.name == dead.worker.split("@")[0] and w.proc.poll() is None)
@@ -182,7 +187,7 @@ def test_a_killed_node_worker_stops_the_attempt_and_the_job_resumes(stack: Stack
     attempt2 = stack.repo.gang_nodes(job_id, 2)
     assert dead.worker not in {n.worker for n in attempt2}, "the dead worker is not chosen"
     assert any("resumed from global_step" in line for line in logs), "attempt 2 resumed from the checkpoint"
-    assert [m["step"] for m in stack.metrics(job_id, "loss")][-1] == 40
+    assert [m["step"] for m in stack.metrics(job_id, "loss")][-1] == steps
     start_box(stack, victim.name)  # back to three boxes for the next tests
 
 
@@ -222,7 +227,7 @@ def test_two_gangs_on_three_workers_both_finish(stack: Stack):
 
 def test_a_node_that_never_starts_releases_the_gang_after_the_timeout(stack: Stack):
     """A registered worker that never takes its node's message (its box hangs): node 0 gives the
-    attempt up after gang_start_timeout_s (30 s here) and the job runs on boxes that work."""
+    attempt up after gang_start_timeout_s (15 s here) and the job runs on boxes that work."""
     wait_for(lambda: all_free(stack), 30, "every worker free")
     stop = threading.Event()
 

@@ -136,7 +136,7 @@ def test_trainer_crash_fails_the_job_with_a_readable_error(stack: Stack, tmp_pat
 
 
 def test_worker_killed_mid_run_then_a_new_worker_resumes_from_the_checkpoint(stack: Stack):
-    steps = 24
+    steps = 16  # the kill comes at the first checkpoint (step 4), 12 steps before the end
     job_id = stack.submit(tiny_spec(steps=steps, name="survivor", max_restarts=1))
     run_dir = stack.run_dir(job_id)
     latest = run_dir / "checkpoints" / "latest"
