@@ -108,7 +108,8 @@ def run_server(
     worker = start_worker(settings) if with_worker else None
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        # open SSE streams would otherwise hold a graceful shutdown until the jobs end
+        # a backstop: the event streams end on the stop signal (service/stopping.py); any
+        # other response still open after this long is cancelled
         uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)
         uvicorn_kwargs.setdefault("timeout_keep_alive", settings.keep_alive_s)
         uvicorn_kwargs.setdefault("access_log", settings.access_log)

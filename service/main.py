@@ -16,7 +16,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import errors
+from service import errors, stopping
 from service.auth import AuthState
 from service.batcher import SubmitBatcher
 from service.broker import Broker, Dispatcher
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batcher = batcher = SubmitBatcher(repo)
         batcher.start()
         app.state.studies = studies = Studies(repo, broker, dispatcher, settings)
+        stopping.watch_stop_signals()
         # Importing sgmim (torch, timm) leaves ~0.5 M long-lived objects; a full collection then
         # takes ~200 ms and lands on some request. Move them out of the collector's sight.
         gc.collect()

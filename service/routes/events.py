@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,8 @@ from service.db.events import Event
 from service.db.repo import JobRepo
 from service.deps import RepoDep, SettingsDep
 from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep
+from service.schemas import ErrorOut
+from service.stopping import STOPPING
 from sgmim.status import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["events"], responses=AUTH)
@@ -50,6 +52,8 @@ async def event_stream(
         if events:
             last_sent = time.monotonic()
             continue
+        if STOPPING.is_set():
+            return  # the client resumes after `after`, here once the server is back or elsewhere
         if status in TERMINAL and after >= last_seq:
             final = json.dumps({"status": status, "final": True, "last_seq": last_seq}, separators=(",", ":"))
             yield f"event: status\ndata: {final}\n\n"
@@ -84,6 +88,8 @@ SSE_EVENT_SCHEMA = {
         },
         **NOT_FOUND,
         **INVALID,
+        503: {"model": ErrorOut, "description": "the server is stopping: retry (another server, or this "
+              "one once it is back), resuming with Last-Event-ID"},
     },
 )
 async def stream_events(
@@ -98,6 +104,8 @@ async def stream_events(
         int, Query(ge=0, le=MAX_SEQ, description="resume after this sequence number (Last-Event-ID wins)")
     ] = 0,
 ) -> StreamingResponse:
+    if STOPPING.is_set():
+        raise HTTPException(503, "the server is stopping; retry", headers={"Retry-After": "1"})
     if last_event_id:
         after = int(last_event_id)
     # Checked before the response starts, so that an unknown job is a plain JSON 404.

@@ -7,15 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from sgmim.train.launch import free_port
-from tests.cli.conftest import ROOT, clean_env
+from tests.cli.conftest import ROOT, clean_env, start_server
 
 
 def children(pid: int) -> list[int]:
@@ -93,3 +95,33 @@ def test_a_server_killed_with_minus_9_takes_its_worker_with_it(serving):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     wait_until(lambda: not any(alive(pid) for pid in tree), 20, "the worker and its pool child to die")
+
+
+def test_sigterm_ends_open_event_streams_instead_of_cancelling_them(tmp_path):
+    """A `sgmim watch` attached to a job that runs on: SIGTERM ends its event stream at once,
+    so the server neither waits out its graceful-shutdown timeout nor cancels the stream with
+    an error and a traceback; the stream's events up to then arrived."""
+    state = tmp_path / "state"
+    state.mkdir()
+    proc, url = start_server(state)  # no worker: the job stays queued, its stream stays open
+    spec = yaml.safe_load((ROOT / "examples/jobs/pretrain-tiny.yaml").read_text())
+    job = httpx.post(f"{url}/api/v1/jobs", json=spec, timeout=30).json()
+    seen: list[str] = []
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{url}/api/v1/jobs/{job['id']}/events", timeout=60) as stream:
+            for line in stream.iter_lines():
+                seen.append(line)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    wait_until(lambda: any(line.startswith("event: status") for line in seen), 30,
+               "the stream's first status event")
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM  # as a process stopped by the signal
+    reader.join(10)
+    assert not reader.is_alive()
+    log = (state / "server.log").read_text()
+    assert "Shutting down" in log, log[-3000:]
+    assert "timeout graceful shutdown exceeded" not in log and "CancelledError" not in log, log[-3000:]
+    assert not any('"final":true' in line for line in seen)  # ended by the stop, not by the job
