@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,10 @@ def load(data: Any, settings: Settings) -> Loaded:
     if outside:
         raise StudyInvalid(outside)
     return Loaded(spec, cells)
+
+
+def _in_flight(jobs: Iterable[Job]) -> list[Job]:
+    return [job for job in jobs if not JobStatus(job.status).terminal]
 
 
 class CancelledMeanwhile(Exception):
@@ -217,7 +222,7 @@ class Studies:
         for record in (r for cell in records.values() for r in cell["jobs"].values()):
             if record["id"] in jobs:
                 record["status"] = jobs[record["id"]].status
-        in_flight = any(not JobStatus(job.status).terminal for job in jobs.values())
+        in_flight = bool(_in_flight(jobs.values()))
         if records != study.cells or in_flight != study.active:
             self.repo.save_study_cells(study.name, records, in_flight, study.cancelled_at)
         return self.repo.study(study.name)
@@ -262,7 +267,7 @@ class Studies:
             return self._refresh(study)
 
     def _in_flight(self, study: Study) -> list[Job]:
-        return [job for job in self.cell_jobs(study).values() if not JobStatus(job.status).terminal]
+        return _in_flight(self.cell_jobs(study).values())
 
     def delete(self, name: str) -> None:
         """Forget the study (its jobs stay); refused while one of its jobs has not ended."""
