@@ -64,13 +64,14 @@ def run_processes(
             continue
         if node is not None and env.get(ENV_GANG_NODE.encode()) != str(node).encode():
             continue
-        if _is_zombie(int(name)):
+        if is_gone(int(name)):
             continue
         found.append(int(name))
     return found
 
 
-def _is_zombie(pid: int) -> bool:
+def is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting to be reaped."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()

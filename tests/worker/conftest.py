@@ -145,9 +145,9 @@ class Worker:
 
     def kill9(self) -> None:
         """SIGKILL the worker's whole process group (parent and pool children), like a box dying.
-        Also how a stack's teardown stops its workers: it checks nothing of the stop, and a warm
-        shutdown takes seconds (about 6 on the filesystem broker, Celery's idle loop); a
-        supervised run dies with its pool child (PR_SET_PDEATHSIG)."""
+        Also how a stack's teardown stops its workers: it checks nothing of the stop (a busy
+        worker's SIGTERM would wait for its run); a supervised run dies with its pool child
+        (PR_SET_PDEATHSIG)."""
         with contextlib.suppress(ProcessLookupError):  # a restarted worker's old, killed group
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)

@@ -4,6 +4,7 @@ with the embedded broker (filesystem + SQLite) and once with Redis + Postgres.""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from tests.worker.conftest import (
     trainer_processes,
     wait_for,
 )
+from worker.procs import is_gone
 
 pytestmark = pytest.mark.slow
 
@@ -228,3 +230,42 @@ def test_lineage_pretrain_finetune_evaluate(stack: Stack):
     progress = job["progress"]   # the evaluation's batches, as a training run's steps
     assert progress["total_steps"] >= 1 and progress["step"] == progress["total_steps"]
     assert job["last_metrics"]["images_evaluated"] == r.json()["num_images"]
+
+
+def _pool_children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def test_sigterm_stops_an_idle_worker_at_once_and_unregisters_it(stack: Stack):
+    worker = stack.worker
+    assert worker.proc.poll() is None
+    registered = wait_for(
+        lambda: [w.name for w in stack.repo.workers() if w.name.startswith(worker.name + "@")],
+        20,
+        "the worker's registry row",
+    )
+    pool = _pool_children(worker.proc.pid)
+    assert pool, "the prefork pool's children"
+
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    # Celery's own warm shutdown would have waited out its polling loops instead
+    assert "no job running: stopped at once" in worker.text()
+    assert registered[0] not in {w.name for w in stack.repo.workers()}
+    wait_for(lambda: all(is_gone(child) for child in pool), 10, "the pool children to die with it")
+
+
+def test_sigterm_lets_the_running_job_finish(stack: Stack):
+    if stack.name != "embedded":
+        pytest.skip("the broker plays no part in it: one stack is enough")
+    worker = stack.start_worker(f"w3-{stack.name}")
+    job_id = stack.submit(tiny_spec(steps=12, name="finish-me"))
+    stack.wait_status(job_id, "running", 60)
+    worker.proc.send_signal(signal.SIGTERM)
+
+    job = stack.wait_status(job_id, TERMINAL, 150)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 1, "the run was not cut short and resumed"
+    assert worker.proc.wait(60) == 0
+    assert "stopped at once" not in worker.text()
