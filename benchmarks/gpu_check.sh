@@ -2,10 +2,11 @@
 # GPU check, phase by phase, in one run of at most --budget seconds (default 440), compile
 # included: the DataLoader alone; the host->device copy; the training step on a fixed batch
 # already on the GPU (eager, then compiled); the full `sgmim train` (SimMIM, then SG-MIM); one
-# job through `sgmim serve --with-worker`. Swin-B/192, batch 128, bf16, synthetic scenes, the
-# spec's defaults (ZeRO stage auto, compile auto). Each phase prints its row and writes
-# <out>/phases/<nn>-<phase>.{json,md} as soon as it is known; a phase cut by the time budget
-# costs only itself, and the report lists it as not finished.
+# job through `sgmim serve --with-worker`; then, in what the budget leaves, the fixed-batch step
+# with levers that are off by default (whole-model compile; CUDA graphs). Swin-B/192, batch
+# 128, bf16, synthetic scenes, the spec's defaults (ZeRO stage auto, compile auto). Each phase
+# prints its row and writes <out>/phases/<nn>-<phase>.{json,md} as soon as it is known; a phase
+# cut by the time budget costs only itself, and the report lists it as not finished.
 #
 # It installs nothing from the network. Python packages the GPU machine lacks (DeepSpeed,
 # hjson, pydantic, ...) come as wheels made beforehand by benchmarks/build_gpu_wheels.sh and
@@ -32,7 +33,7 @@ WARMUP=""
 WORKERS=""
 COMPILE=auto
 BUDGET=""
-PHASES="loader,h2d,step-eager,step-compiled,train-simmim,train-sgmim,service"
+PHASES="loader,h2d,step-eager,step-compiled,train-simmim,train-sgmim,service,step-model,step-cudagraphs"
 DRY_RUN=0
 CPU_SMOKE=0
 STEPS_SET=0
@@ -50,9 +51,12 @@ Options:
   --results FILE    also add the report to this RESULTS.md (e.g. benchmarks/RESULTS.md)
   --budget S        seconds for all phases together (default 440)
   --phases LIST     comma-separated subset of: loader,h2d,step-eager,step-compiled,
-                    train-simmim,train-sgmim,service (default: all)
+                    train-simmim,train-sgmim,service,step-model,step-cudagraphs (default: all,
+                    in that order; the last two try levers that are off by default and run
+                    in what the budget leaves)
   --cap PHASE=S     at most S seconds for PHASE (repeatable; defaults: loader 70, h2d 40,
-                    step-eager 70, step-compiled 150, train-* 110, service 150)
+                    step-eager 70, step-compiled 150, train-* 110, service 150, step-model
+                    150, step-cudagraphs 120)
   --steps N         optimiser steps of each training run (default 120)
   --batch N         batch per GPU (default 128)
   --num-images N    synthetic scenes per epoch, rendered once then cached on disk (default 4096)
@@ -62,7 +66,7 @@ Options:
   --compile MODE    auto (default: on for CUDA) | on | off, for the training runs and the service
   --python PATH     interpreter (default: python3, or .venv/bin/python with --cpu-smoke)
   --cpu-smoke       the same phases on the CPU with a tiny model, fp32, few steps (the
-                    compiled step is skipped: inductor on a CPU takes minutes)
+                    compiled steps are skipped: inductor on a CPU takes minutes)
   --dry-run         write and validate the specs, print the plan, run nothing
   -h, --help        this text
 EOF2
@@ -97,7 +101,7 @@ if [[ $CPU_SMOKE == 1 ]]; then
     # Every phase in a few minutes on 2 cores; the numbers mean nothing.
     [[ $STEPS_SET == 0 ]] && STEPS=6
     BATCH=8; LOG_EVERY=2; NUM_IMAGES=32; WORKERS="${WORKERS:-0}"
-    PHASES="${PHASES/,step-compiled/}"
+    PHASES="$(echo ",$PHASES," | sed 's/,step-compiled,/,/; s/,step-model,/,/; s/,step-cudagraphs,/,/; s/^,//; s/,$//')"
     BUDGET="${BUDGET:-900}"  # 2 shared cores: a phase's imports alone can take half a minute
     # One thread per process: on a loaded small machine every parallel op otherwise waits for
     # a second core to be free (the tiny model's step went from 0.3 s to 8 s at load 16).
@@ -122,7 +126,7 @@ if (( WARMUP + LOG_EVERY > STEPS )); then
 fi
 for phase in ${PHASES//,/ }; do
     case "$phase" in
-        loader|h2d|step-eager|step-compiled|train-simmim|train-sgmim|service) ;;
+        loader|h2d|step-eager|step-compiled|train-simmim|train-sgmim|service|step-model|step-cudagraphs) ;;
         *) echo "gpu_check: unknown phase $phase" >&2; exit 2 ;;
     esac
 done
@@ -216,7 +220,7 @@ echo "gpu_check: $GPU_NAME; $SETTING; budget ${BUDGET} s; phases $PHASES"
 
 # The deadline is shared: each phase gets its cap or what is left, whichever is less.
 declare -A CAP=([loader]=70 [h2d]=40 [step-eager]=70 [step-compiled]=150 [train-simmim]=110
-                [train-sgmim]=110 [service]=150)
+                [train-sgmim]=110 [service]=150 [step-model]=150 [step-cudagraphs]=120)
 if [[ $CPU_SMOKE == 1 ]]; then
     for phase in "${!CAP[@]}"; do CAP[$phase]=$(( CAP[$phase] * 3 )); done
 fi
@@ -233,10 +237,8 @@ phase_command() {
     case "$phase" in
         loader) echo benchmarks/gpu_phases.py loader --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         h2d) echo benchmarks/gpu_phases.py h2d --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
-        step-eager) echo benchmarks/gpu_phases.py step "${STEP_ARGS[@]}" --spec "$WORK/sgmim.yaml" \
-            "${common[@]}" ;;
-        step-compiled) echo benchmarks/gpu_phases.py step --compiled \
-            "${STEP_ARGS[@]}" --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
+        step-*) echo benchmarks/gpu_phases.py step --variant "${phase#step-}" "${STEP_ARGS[@]}" \
+            --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         train-simmim) echo benchmarks/gpu_phases.py train --spec "$WORK/simmim.yaml" "${common[@]}" ;;
         train-sgmim) echo benchmarks/gpu_phases.py train --spec "$WORK/sgmim.yaml" "${common[@]}" ;;
         service) echo benchmarks/gpu_phases.py service --spec "$WORK/sgmim.yaml" "${common[@]}" ;;

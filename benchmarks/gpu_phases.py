@@ -4,7 +4,7 @@ row of the report table) the moment it knows its numbers; `report` joins the row
 
     python benchmarks/gpu_phases.py loader --spec S.yaml --out DIR      # DataLoader alone
     python benchmarks/gpu_phases.py h2d --spec S.yaml --out DIR         # host -> device copy
-    python benchmarks/gpu_phases.py step --spec S.yaml --out DIR [--compiled]  # fixed batch
+    python benchmarks/gpu_phases.py step --spec S.yaml --out DIR [--variant V]  # fixed batch
     python benchmarks/gpu_phases.py train --spec S.yaml --out DIR --work W     # `sgmim train`
     python benchmarks/gpu_phases.py service --spec S.yaml --out DIR --work W   # `sgmim serve`
     python benchmarks/gpu_phases.py report --out DIR [--results RESULTS.md]
@@ -32,7 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PHASE_ORDER = ["loader", "h2d", "step-eager", "step-compiled", "train-simmim", "train-sgmim",
-               "service"]
+               "service", "step-model", "step-cudagraphs"]
+# The fixed-batch step's variants: the spec settings each one overrides. The last two try the
+# levers not on by default (whole-model compile; each compiled region replayed as a CUDA graph).
+STEP_VARIANTS = {
+    "eager": ["config.deepspeed.compile=false"],
+    "compiled": ["config.deepspeed.compile=true"],
+    "model": ["config.deepspeed.compile=true", "config.deepspeed.compile_scope=model"],
+    "cudagraphs": ["config.deepspeed.compile=true", "config.deepspeed.compile_mode=reduce-overhead"],
+}
 TABLE_HEADER = "| phase | img/s | detail |\n|---|---|---|"
 
 
@@ -185,11 +193,11 @@ def cmd_step(args) -> None:
     from sgmim.train.pretrain import PretrainTask
     from sgmim.train.trainer import Trainer
 
-    phase = "step-compiled" if args.compiled else "step-eager"
+    phase = f"step-{args.variant}"
     run_dir = args.work / f"run-{phase}"
     run_dir.mkdir(parents=True, exist_ok=True)
     use_cache_root(args.work / "run")
-    spec = load(args.spec, [f"config.deepspeed.compile={str(args.compiled).lower()}"])
+    spec = load(args.spec, STEP_VARIANTS[args.variant])
     env = read_env()
     init_distributed(env)
     trainer = Trainer(PretrainTask(spec, env), env, run_dir)
@@ -218,14 +226,17 @@ def cmd_step(args) -> None:
     info = json.loads((run_dir / "run_info.json").read_text())
     detail = (f"ZeRO-{trainer.zero_stage}, {info['precision']}, batch {n}, {args.steps} steps; "
               f"first step {first_s:.1f} s")
-    if args.compiled:
-        detail += f" (compile: {info['compile']})"
+    if info["compile"]:
+        detail += f" (compile: {info['compile']}, mode {info['compile_mode']})"
+    loss = mean_of(trainer.meter, "loss")
+    # every variant starts from the same weights and steps on the same batch: a variant whose
+    # loss drifts from the others computes something else (e.g. gradients overwritten)
+    detail += f"; mean loss {loss:.4f}"
     if env.on_gpu:
         detail += f"; peak {gib(peak)}; device waits in 2 steps: {sum(waits.values())}"
     write_phase(args.out, phase, n * args.steps / seconds, detail, first_step_s=first_s,
                 seconds=seconds, steps=args.steps, zero_stage=trainer.zero_stage,
-                peak_bytes=peak, device_waits=waits,
-                loss=mean_of(trainer.meter, "loss"))
+                peak_bytes=peak, device_waits=waits, loss=loss)
 
 
 def mean_of(meter, name: str) -> float:
@@ -441,10 +452,17 @@ def ratio_lines(records: dict) -> list[str]:
               else "step-eager"),
              ("service / `sgmim train` (SG-MIM)", "service", "train-sgmim"),
              ("compiled / eager fixed-batch step", "step-compiled", "step-eager"),
+             ("whole-model / per-region compiled step", "step-model", "step-compiled"),
+             ("CUDA graphs / per-region compiled step", "step-cudagraphs", "step-compiled"),
              ("loader / `sgmim train` SG-MIM (> 1: the loader keeps up)", "loader", "train-sgmim")]
     for name, a, b in pairs:
         if ips(a) and ips(b):
             lines.append(f"{name}: {ips(a) / ips(b):.3f}")
+    losses = [f"{variant} {records[f'step-{variant}']['loss']:.4f}" for variant in STEP_VARIANTS
+              if records.get(f"step-{variant}", {}).get("loss") is not None]
+    if len(losses) > 1:
+        lines.append("mean loss of the fixed-batch step variants (same weights, same batch: "
+                     "they should agree to about 1%): " + ", ".join(losses))
     return lines
 
 
@@ -495,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
 
     phase("loader", cmd_loader)
     phase("h2d", cmd_h2d, **{"--repeats": {"type": int, "default": 20}})
-    phase("step", cmd_step, **{"--compiled": {"action": "store_true"},
+    phase("step", cmd_step, **{"--variant": {"choices": list(STEP_VARIANTS), "default": "eager"},
                                "--steps": {"type": int, "default": 30},
                                "--warmup": {"type": int, "default": 5}})
     phase("train", cmd_train)

@@ -67,6 +67,11 @@ class DeepSpeedConfig(StrictModel):
         "blocks", description="blocks: compile each repeated transformer block (and the fusion "
                               "block) on its own, so compile time stays bounded and blocks of one "
                               "shape share their code; model: the whole model (engine.compile)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode. reduce-overhead: replay each compiled "
+                               "region as a CUDA graph, one launch instead of one per kernel "
+                               "(GPU only; more memory); max-autotune-no-cudagraphs: search "
+                               "faster matmul kernels (minutes more compile)")
 
     @model_validator(mode="after")
     def _check_offload(self) -> DeepSpeedConfig:

@@ -52,13 +52,25 @@ def regions(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def compile_regions(model: nn.Module, backend: str = "inductor") -> int:
-    """Compile every region of `model` in place; returns how many."""
+def compile_regions(model: nn.Module, backend: str = "inductor", mode: str = "default") -> int:
+    """Compile every region of `model` in place; returns how many. `mode`: torch.compile's
+    (with reduce-overhead each region replays as a CUDA graph: the caller marks each step's
+    start, `mark_step`)."""
     raise_recompile_limit()
     found = regions(model)
     for region in found:
         # Static shapes: with automatic dynamic shapes the second stage's shape turns the block
         # symbolic, and inductor (torch 2.11, H200) fails on the window padding's index math
         # (CantSplit) and falls back to eager after minutes of trying (docs/notes.md).
-        region.compile(backend=backend, dynamic=False)
+        region.compile(backend=backend, dynamic=False, mode=mode)
     return len(found)
+
+
+def uses_cuda_graphs(mode: str, on_gpu: bool) -> bool:
+    return mode == "reduce-overhead" and on_gpu
+
+
+def mark_step() -> None:
+    """Tell CUDA graph replay that a new step starts: the previous step's graph outputs are no
+    longer read, so the next replay may write over them."""
+    torch.compiler.cudagraph_mark_step_begin()

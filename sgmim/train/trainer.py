@@ -30,7 +30,7 @@ from sgmim.train.checkpoint import (
     stages_compatible,
     to_universal,
 )
-from sgmim.train.compile import compile_regions
+from sgmim.train.compile import compile_regions, mark_step, uses_cuda_graphs
 from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
 from sgmim.train.ds_config import build_ds_config, resolve_precision, trainer_clips
 from sgmim.train.metrics import MetricsWriter, WindowMeter
@@ -123,13 +123,15 @@ class Trainer:
             # would trace; DeepSpeed's own engine.compile knows them
             log.info("torch.compile: ZeRO-3 compiles the whole model (engine.compile)")
             compiled = "model"
+        mode = task.deepspeed.compile_mode
         if compiled == "blocks":
-            log.info("torch.compile: %d regions (blocks and the glue between them) compiled "
-                     "one by one", compile_regions(model))
+            log.info("torch.compile (mode %s): %d regions (blocks and the glue between them) "
+                     "compiled one by one", mode, compile_regions(model, mode=mode))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
         if compiled == "model":
-            self.engine.compile()
+            self.engine.compile(compile_kwargs={"mode": mode})
+        self.cuda_graphs = bool(compiled) and uses_cuda_graphs(mode, env.on_gpu)
         if env.world_size == 1 and self.zero_stage == 0:
             # One process has nothing to reduce, yet DeepSpeed would copy every gradient into a
             # flat buffer, "all-reduce" it alone and copy it back, each step.
@@ -154,7 +156,7 @@ class Trainer:
                 "total_batch": self.plan.total_batch, "world_size": env.world_size,
                 "dataset_size": len(self.dataset), "peak_lr": self.lr.peak_lr,
                 "device": env.device.type, "zero_stage": self.zero_stage,
-                "compile": compiled,
+                "compile": compiled, "compile_mode": mode if compiled else None,
                 "precision": ds_config["torch_autocast"]["dtype"], "start_step": self.start_step,
             })
 
@@ -247,6 +249,8 @@ class Trainer:
         host-made tensors): the values stay in the meter until a log line reads them, so the
         host runs ahead and the GPU never idles between steps. True when the optimiser stepped."""
         engine = self.engine
+        if self.cuda_graphs:
+            mark_step()
         boundary = engine.is_gradient_accumulation_boundary()
         named = self.task.forward(engine, _to_device(batch, self.env.device))
         self.meter.add(named, step + 1)

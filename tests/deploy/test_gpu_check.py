@@ -5,6 +5,7 @@ parsing, dry runs, the specs, the phase records and the report, the peak-memory 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -67,9 +68,10 @@ def test_gpu_check_dry_run():
                         done.stdout)
     assert phases == [("loader", "loader"), ("h2d", "h2d"), ("step-eager", "step"),
                       ("step-compiled", "step"), ("train-simmim", "train"), ("train-sgmim", "train"),
-                      ("service", "service")]
+                      ("service", "service"), ("step-model", "step"), ("step-cudagraphs", "step")]
     assert re.search(r"phase train-simmim .* --spec \S+/simmim\.yaml", done.stdout)
-    assert re.search(r"phase step-compiled .* step --compiled", done.stdout)
+    for variant in ("eager", "compiled", "model", "cudagraphs"):
+        assert re.search(rf"phase step-{variant} .* step --variant {variant} ", done.stdout)
     assert "batch 128, 120 steps" in done.stdout and "compile auto" in done.stdout
     assert "budget 440 s" in done.stdout
 
@@ -243,3 +245,31 @@ def test_trainer_figures_of_a_run_dir(tmp_path):
     ips = figures.pop("images_per_s")
     record = gpu_phases.write_phase(tmp_path / "phases", "train-sgmim", ips, "d", **figures)
     assert record["zero_stage"] == 0 and record["images_per_s"] == ips
+
+
+def test_step_variants_set_what_they_name_and_report_their_loss(tmp_path):
+    """The fixed-batch step's variants: each sets only its compile settings; the report compares
+    their speed with the per-region compiled step and lists their losses side by side (the
+    same weights on the same batch: a lever that computes something else shows there)."""
+    from sgmim.spec import parse_spec
+    from sgmim.spec.job import apply_overrides
+
+    base = gpu_check.make_spec("sgmim", steps=300, batch=128, workers=12, num_images=4096, log_every=20)
+    settings = {}
+    for variant, overrides in gpu_phases.STEP_VARIANTS.items():
+        ds = parse_spec(apply_overrides(copy.deepcopy(base), overrides)).config.deepspeed
+        settings[variant] = (ds.compile, ds.compile_scope, ds.compile_mode)
+    assert settings == {"eager": (False, "blocks", "default"), "compiled": (True, "blocks", "default"),
+                        "model": (True, "model", "default"),
+                        "cudagraphs": (True, "blocks", "reduce-overhead")}
+
+    phases = tmp_path / "phases"
+    for phase, ips, loss in [("step-compiled", 2000.0, 1.2345), ("step-model", 2200.0, 1.2351),
+                             ("step-cudagraphs", 2600.0, 1.2340)]:
+        gpu_phases.write_phase(phases, phase, ips, "d", loss=loss)
+    assert (phases / "08-step-cudagraphs.md").exists(), "numbered after the default phases"
+    gpu_phases.main(["report", "--out", str(phases), "--date", "2026-12-01"])
+    report = (phases / "gpu_check.md").read_text()
+    assert "whole-model / per-region compiled step: 1.100" in report
+    assert "CUDA graphs / per-region compiled step: 1.300" in report
+    assert "compiled 1.2345, model 1.2351, cudagraphs 1.2340" in report

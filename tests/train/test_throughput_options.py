@@ -181,3 +181,25 @@ def test_each_block_shape_is_compiled_with_static_shapes():
         model(*tiny_batch())
     assert len(graphs) >= 4 + 3 + 5, "a graph per distinct block shape, merging and glue region"
     assert symbolic_inputs == []
+
+
+def test_the_compile_mode_reaches_every_region(monkeypatch):
+    """`deepspeed.compile_mode` (reduce-overhead: CUDA graphs) is torch.compile's mode of each
+    region, shapes still static; the default stays torch's default."""
+    from sgmim.train.compile import compile_regions, uses_cuda_graphs
+
+    calls = []
+
+    def recording_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    regions = compile_regions(tiny_model(), mode="reduce-overhead")
+    assert len(calls) == regions == 13
+    assert all(c["mode"] == "reduce-overhead" and c["dynamic"] is False for c in calls)
+    assert DeepSpeedConfig().compile_mode == "default"
+    assert uses_cuda_graphs("reduce-overhead", on_gpu=True)
+    assert not uses_cuda_graphs("reduce-overhead", on_gpu=False) and not uses_cuda_graphs("default", True)
+    with pytest.raises(ValueError, match="compile_mode"):
+        DeepSpeedConfig(compile_mode="max-autotune-everything")
