@@ -1,15 +1,20 @@
 """`sgmim data`: make datasets on disk (synthetic scenes, pseudo-depth from a depth network).
 
 Heavy imports (torch, transformers) happen inside the commands so that `sgmim --help` stays
-fast. Bad input ends with one `error: ...` line and exit code 1, never a traceback.
+fast. Bad input ends with one `error: ...` line, never a traceback: exit code 2 for invalid scene
+settings (as `sgmim train --set` for an invalid spec), 1 for bad data and paths.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from sgmim.spec import SyntheticConfig
 
 data_app = typer.Typer(
     help="Datasets: render synthetic RGB-D scenes, compute pseudo-depth with a depth network.",
@@ -28,9 +33,36 @@ def _parse_size(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-def _fail(message: str) -> None:
+DEFAULT_SIZE = 192
+
+
+def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def _scene_settings(scene: Path | None, assignments: list[str]) -> SyntheticConfig:
+    """The `synthetic:` block of `scene` (default: a spec's defaults) with the `--set`
+    assignments applied inside it, validated as a job spec's; invalid: exit 2."""
+    from sgmim.spec import SceneFile, SpecError, apply_overrides, parse_section, read_spec_data
+
+    try:
+        data = read_spec_data(scene, "a synthetic: block") if scene is not None else {}
+        if data.get("synthetic") is None:
+            data["synthetic"] = {}
+        if isinstance(data["synthetic"], dict):  # otherwise validation names the bad block
+            apply_overrides(data["synthetic"], assignments)
+        return parse_section(SceneFile, data).synthetic
+    except SpecError as exc:
+        _fail(f"invalid scene settings: {exc}", code=2)
+
+
+def _image_shape(size: str | None, render_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    """--size, else the scene settings' render_size, else DEFAULT_SIZE, as (height, width)."""
+    if size is not None:
+        return _parse_size(size)
+    side = render_size or DEFAULT_SIZE
+    return (side, side) if isinstance(side, int) else tuple(side)
 
 
 def _run(action: Callable[[], None]) -> None:
@@ -54,28 +86,34 @@ def _progress():
 
 @data_app.command()
 def synth(
-    out: Path = typer.Option(..., help="output folder (images/, depth/, gt_depth/, labels/)"),
+    out: Path = typer.Option(..., help="output folder (images/, depth/, gt_depth/, labels/, meta.json)"),
     count: int = typer.Option(..., min=1, help="number of scenes"),
-    size: str = typer.Option("192", help="image size: S or HxW"),
+    size: str | None = typer.Option(None, help="image size: S or HxW (default: the scene settings' "
+                                                 f"render_size, else {DEFAULT_SIZE})"),
     split: str = typer.Option("train", help="seed range: train, val or test (never overlap)"),
-    first: int = typer.Option(0, min=0, help="first seed offset inside the split's range"),
+    first: int = typer.Option(0, min=0, help="first seed offset inside the split's range (a job "
+                                             "spec's data.seed)"),
     workers: int = typer.Option(1, min=1, help="processes rendering in parallel"),
+    scene: Path | None = typer.Option(None, "--scene", help="YAML or JSON file holding a `synthetic:` "
+                                                            "block, as a job spec's data section takes"),
+    assignments: list[str] = typer.Option(
+        [], "--set", help="key.path=value inside the synthetic block, applied after --scene, "
+                          "e.g. geometry.room_side=[3,5] or num_objects=[0,2]"),
 ) -> None:
-    """Render procedural indoor scenes into the image-folder layout."""
-    shape = _parse_size(size)
+    """Render procedural indoor scenes into the image-folder layout, with a job spec's scene
+    settings: the same seeds and settings give the scenes a training job's synthetic source draws."""
+    synthetic = _scene_settings(scene, assignments)
+    shape = _image_shape(size, synthetic.render_size)
 
     def action() -> None:
-        from sgmim.data.synthetic import split_seeds
-        from sgmim.data.synthetic.export import write_synthetic_dataset
+        from sgmim.data.synthetic.export import render_into, start_synthetic_dataset
 
-        # Bad arguments fail before the progress bar starts.
-        split_seeds(split, first, count)
-        out.mkdir(parents=True, exist_ok=True)
+        # Bad arguments and folders fail before the progress bar starts.
+        seeds = start_synthetic_dataset(out, count, shape, split, first, synthetic)
         with _progress() as progress:
             task = progress.add_task(f"rendering {split}", total=count)
-            write_synthetic_dataset(out, count, shape, split, first, workers,
-                                    on_progress=lambda: progress.advance(task))
-        typer.echo(f"wrote {count} scenes to {out}")
+            render_into(out, seeds, shape, synthetic, workers, on_progress=lambda: progress.advance(task))
+        typer.echo(f"wrote {count} scenes to {out} (their settings: {out / 'meta.json'})")
 
     _run(action)
 

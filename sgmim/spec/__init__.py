@@ -11,6 +11,7 @@ from sgmim.spec.data import (
     DownstreamDataConfig,
     PretrainDataConfig,
     PseudoDepthConfig,
+    SceneFile,
     SceneGeometryConfig,
     SyntheticConfig,
 )
@@ -38,6 +39,7 @@ from sgmim.spec.job import (
     dump_spec,
     error_path,
     load_spec,
+    parse_section,
     parse_spec,
     read_spec_data,
     spec_errors,
@@ -52,8 +54,8 @@ __all__ = [
     "FieldError", "FinetuneConfig", "FinetuneEncoderConfig", "FinetuneJob", "GuidanceConfig",
     "HeadConfig", "JobKind", "JobSpec", "LossConfig", "MaskConfig", "ModelConfig", "OptimConfig",
     "ParentRef", "PretrainConfig", "PretrainDataConfig", "PretrainJob", "PseudoDepthConfig",
-    "SceneGeometryConfig",
+    "SceneFile", "SceneGeometryConfig",
     "Resources", "ScheduleConfig", "SpecError", "StrictModel", "SyntheticConfig", "apply_overrides",
-    "dump_spec", "error_path", "load_spec", "parse_spec", "read_spec_data", "spec_errors",
+    "dump_spec", "error_path", "load_spec", "parse_section", "parse_spec", "read_spec_data", "spec_errors",
     "spec_json_schema",
 ]

@@ -70,6 +70,7 @@ class PseudoDepthConfig(StrictModel):
 
 
 DEFAULT_NUM_OBJECTS = (2, 6)
+MIN_RENDER_SIDE = 8
 
 # field → (lowest, highest, why) of the scene geometry's ranges
 GEOMETRY_LIMITS = {
@@ -122,8 +123,8 @@ class SyntheticConfig(StrictModel):
     """Procedural indoor RGB-D scenes (used when the source or dataset is `synthetic`)."""
 
     render_size: Size | None = Field(
-        None, description="rendered (H, W) or square side; default: the model's img_size for "
-                          "pretraining, 192 for downstream")
+        None, description="rendered (H, W) or square side, at least 8 pixels; default: the model's "
+                          "img_size for pretraining, 192 for downstream")
     num_objects: IntPair = Field(
         DEFAULT_NUM_OBJECTS,
         description="boxes, spheres and cylinders per scene (the first generator drew 4 to 10: a view "
@@ -137,12 +138,27 @@ class SyntheticConfig(StrictModel):
         True, description="keep rendered scenes on disk (under the cache root, keyed by the scene "
                           "settings, seeds and size) so the next run of the same set skips the render")
 
+    @field_validator("render_size")
+    @classmethod
+    def _check_render_size(cls, value: Size | None) -> Size | None:
+        sides = (value,) if isinstance(value, int) else value or ()
+        if any(side < MIN_RENDER_SIDE for side in sides):
+            raise ValueError(f"render_size sides must be at least {MIN_RENDER_SIDE} pixels, got {value}")
+        return value
+
     @field_validator("num_objects")
     @classmethod
     def _check_objects(cls, value: tuple[int, int]) -> tuple[int, int]:
         if value[0] < 0:
             raise ValueError(f"num_objects must be >= 0, got {value}")
         return _ordered_pair(value, "num_objects")
+
+
+class SceneFile(StrictModel):
+    """A file of scene settings (`sgmim data synth --scene`): the `synthetic:` block of a job
+    spec's data section, alone."""
+
+    synthetic: SyntheticConfig = Field(SyntheticConfig(), description="procedural scene settings")
 
 
 class PretrainDataConfig(StrictModel):

@@ -8,7 +8,7 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
@@ -105,6 +105,7 @@ class EvaluateJob(JobBase):
 AnyJob = PretrainJob | FinetuneJob | EvaluateJob
 JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
 _adapter: TypeAdapter[AnyJob] = TypeAdapter(JobSpec)
+Section = TypeVar("Section", bound=BaseModel)
 
 
 # The error type of a rule a validator checks (across fields, or beyond what JSON Schema can
@@ -170,10 +171,13 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The keys the model holding `loc`'s last part accepts ([] when it cannot be told)."""
+def allowed_keys(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> list[str]:
+    """The keys the model holding `loc`'s last part accepts ([] when it cannot be told); `loc`
+    starts at `root`, or with the job kind when `root` is None."""
     parts = list(loc)
-    model = _JOB_MODELS.get(str(parts.pop(0))) if parts else None
+    model = root
+    if model is None and parts:
+        model = _JOB_MODELS.get(str(parts.pop(0)))
     for part in parts[:-1]:
         if model is None:
             return []
@@ -184,9 +188,9 @@ def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def _did_you_mean(loc: tuple[Any, ...]) -> str:
+def _did_you_mean(loc: tuple[Any, ...], root: type[BaseModel] | None) -> str:
     """`extra_forbidden`'s message, with the closest allowed key when one is close."""
-    close = difflib.get_close_matches(str(loc[-1]), allowed_keys(loc), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(loc[-1]), allowed_keys(loc, root), n=1, cutoff=0.6)
     return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
 
 
@@ -194,12 +198,13 @@ def spec_errors(exc: ValidationError) -> list[tuple[str, str]]:
     return [(path, msg) for path, msg, _ in _spec_error_items(exc)]
 
 
-def _spec_error_items(exc: ValidationError) -> list[tuple[str, str, str]]:
+def _spec_error_items(exc: ValidationError,
+                      root: type[BaseModel] | None = None) -> list[tuple[str, str, str]]:
     """(field path, message, error type) per field: a union field's members each report an
     error at the same path, merged into one ("Input should be 'auto' or: Input should be a
     valid boolean")."""
     merged: dict[str, tuple[str, str]] = {}
-    for path, msg, kind in _raw_error_items(exc):
+    for path, msg, kind in _raw_error_items(exc, root):
         if path in merged:
             msg = f"{merged[path][0]} or: {msg}"
             kind = merged[path][1]
@@ -207,12 +212,12 @@ def _spec_error_items(exc: ValidationError) -> list[tuple[str, str, str]]:
     return [(path, msg, kind) for path, (msg, kind) in merged.items()]
 
 
-def _raw_error_items(exc: ValidationError) -> list[tuple[str, str, str]]:
+def _raw_error_items(exc: ValidationError, root: type[BaseModel] | None) -> list[tuple[str, str, str]]:
     found = []
     for e in exc.errors():
         path, msg = error_path(e["loc"]), e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = _did_you_mean(e["loc"])
+            msg = _did_you_mean(e["loc"], root)
         cause = e.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):
             path, msg = ".".join(p for p in (path, cause.path) if p), cause.message
@@ -228,6 +233,16 @@ def parse_spec(data: Any) -> AnyJob:
         return _adapter.validate_python(data)
     except ValidationError as exc:
         items = _spec_error_items(exc)
+        raise SpecError([(path, msg) for path, msg, _ in items], [kind for _, _, kind in items]) from None
+
+
+def parse_section(model: type[Section], data: Any) -> Section:
+    """Validate a decoded part of a spec (e.g. a `synthetic:` block) as `model`; raises SpecError
+    with the messages a whole spec's fields get, paths starting at `model`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        items = _spec_error_items(exc, model)
         raise SpecError([(path, msg) for path, msg, _ in items], [kind for _, _, kind in items]) from None
 
 
@@ -260,19 +275,30 @@ def apply_overrides(data: dict, assignments: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise SpecError([(key, f"--set {assignment!r}: {part} is not a mapping")])
             node = child
-        node[leaf] = yaml.load(raw, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
+        try:
+            node[leaf] = yaml.load(raw, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
+        except yaml.YAMLError as exc:
+            raise SpecError([("", f"--set {assignment!r}: not valid YAML: {yaml_problem(exc)}")]) from None
     return data
 
 
-def read_spec_data(path: str | Path) -> dict:
-    """A spec file decoded but not validated (so that overrides can apply first)."""
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line (its own message spans several, with a caret under the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def read_spec_data(path: str | Path, what: str = "a job spec") -> dict:
+    """A spec file (or a file of `what`, a part of one) decoded but not validated, so that
+    overrides can apply first."""
     path = Path(path)
     try:
         data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     except OSError as exc:
         raise SpecError([("", f"cannot read {path}: {exc.strerror}")]) from None
     except yaml.YAMLError as exc:
-        raise SpecError([("", f"{path} is not valid YAML: {exc}")]) from None
+        raise SpecError([("", f"{path} is not valid YAML: {yaml_problem(exc)}")]) from None
     if not isinstance(data, dict):
-        raise SpecError([("", f"{path} does not hold a mapping (a job spec)")])
+        raise SpecError([("", f"{path} does not hold a mapping ({what})")])
     return data

@@ -101,15 +101,15 @@ def test_workers_see_set_epoch_and_match_the_main_process(masks):
 
 @pytest.fixture
 def render_calls(monkeypatch) -> list[int]:
-    """The seeds render_scene was called with (the scene is still rendered)."""
+    """The seeds the source rendered (the scene is still rendered)."""
     calls = []
-    render = scene_module.render_scene
+    render = scene_module.render_configured
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return render(*args, **kwargs)
 
-    monkeypatch.setattr("sgmim.data.synthetic.source.render_scene", counting)
+    monkeypatch.setattr("sgmim.data.synthetic.source.render_configured", counting)
     return calls
 
 

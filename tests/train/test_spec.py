@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from sgmim.cli import app
 from sgmim.spec import SpecError, apply_overrides, load_spec, parse_spec, read_spec_data
 from sgmim.spec.model import SIMMIM_VIT_LAYOUT
 
@@ -52,6 +54,7 @@ def errors_of(data) -> dict[str, str]:
     ({"config": {"model": {"mask": {"ratio": 1.5}}}}, "config.model.mask.ratio"),
     ({"config": {"model": {"encoder": {"timm_name": "resnet50"}}}}, "config.model.encoder.timm_name"),
     ({"config": {"deepspeed": {"zero_stage": 4}}}, "config.deepspeed.zero_stage"),
+    ({"config": {"data": {"synthetic": {"render_size": [4, 64]}}}}, "config.data.synthetic.render_size"),
     ({"config": {"schedule": {"batch_size": 8}}}, "config.schedule"),
     ({"resources": {"gpus": 0}}, "resources.gpus"),
     ({"priority": 12}, "priority"),
@@ -84,9 +87,26 @@ def test_overrides_apply_yaml_values():
         apply_overrides({}, ["nonsense"])
 
 
+def test_an_override_that_is_not_yaml_is_one_error_line_in_train_and_submit():
+    with pytest.raises(SpecError) as info:
+        apply_overrides({}, ["config.schedule.steps=[1,"])
+    assert str(info.value) == ("--set 'config.schedule.steps=[1,': not valid YAML: expected the node "
+                               "content, but found '<stream end>' (line 1, column 4)")
+    for command in ("train", "submit"):  # submit fails before it connects
+        result = CliRunner().invoke(app, [command, str(EXAMPLES[0]), "--set", "config.schedule.steps=[1,"])
+        assert result.exit_code == 2, result.output
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: ") and "not valid YAML" in line
+
+
 def test_unreadable_and_non_mapping_files(tmp_path):
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(SpecError, match="mapping"):
         load_spec(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("kind: pretrain\nname: [x\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "broken.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'broken.yaml'} is not valid YAML: ")
+    assert "\n" not in str(info.value) and "(line 3, column 1)" in str(info.value)

@@ -15,7 +15,7 @@ from sgmim.data.synthetic.geometry import room_exit
 from sgmim.data.synthetic.layout import NUM_ROOM_FACES, ROOM_FACE_CLASSES, Layout, object_hit, sample_layout
 from sgmim.data.synthetic.pseudo_depth import pseudo_depth
 from sgmim.data.synthetic.shading import shade
-from sgmim.spec.data import DEFAULT_NUM_OBJECTS, PseudoDepthConfig, SceneGeometryConfig
+from sgmim.spec.data import DEFAULT_NUM_OBJECTS, PseudoDepthConfig, SceneGeometryConfig, SyntheticConfig
 
 
 @dataclass
@@ -74,3 +74,9 @@ def render_scene(seed: int, size: int | tuple[int, int],
         intrinsics=layout.camera.intrinsics.astype(np.float32),
         cam_to_world=layout.camera.cam_to_world.astype(np.float32),
     )
+
+
+def render_configured(seed: int, size: tuple[int, int], synthetic: SyntheticConfig) -> Scene:
+    """Scene `seed` with a spec's scene settings: what the synthetic sources and `sgmim data
+    synth` both draw, so a folder written from the same settings holds the training scenes."""
+    return render_scene(seed, size, synthetic.pseudo_depth, synthetic.num_objects, synthetic.geometry)

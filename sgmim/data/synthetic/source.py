@@ -21,7 +21,7 @@ import numpy as np
 
 from sgmim.caches import CACHE_ENV
 from sgmim.data.cache import SharedCache
-from sgmim.data.synthetic.scene import render_scene
+from sgmim.data.synthetic.scene import render_configured
 from sgmim.spec.data import SyntheticConfig
 
 log = logging.getLogger("sgmim.data")
@@ -115,8 +115,7 @@ class CachedScenes:
         seed = self.seeds[index]
         if self.disk is not None and (arrays := self.disk.read(seed)) is not None:
             return arrays
-        scene = render_scene(seed, self.size, self.synthetic.pseudo_depth, self.synthetic.num_objects,
-                             self.synthetic.geometry)
+        scene = render_configured(seed, self.size, self.synthetic)
         arrays = {name: getattr(scene, attribute) for name, attribute in self.fields.items()}
         if self.disk is not None:
             self.disk.write(seed, arrays)
