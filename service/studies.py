@@ -10,10 +10,15 @@ when they advance: in the POST, on a retry, and every `study_interval_s` for eve
 jobs' statuses refreshed until none is in flight) and `delete`.
 
 Every API process runs that loop. What keeps a cancel from being undone by a pass of another
-process that read the study before it: the pass checks the cancel before each submit, saves its
-records only if the study is still not cancelled (a conditional UPDATE), and when either check
-finds the cancel, cancels the jobs it submitted or resumed itself (the cancel, reading the
-records, could not see them).
+process that read the study before it: each job the pass submits or resumes is stored as queued
+(claimable) only by a transaction that finds the study not cancelled and keeps it so until it
+commits (`hold_study_open`: a share lock on the study's row on Postgres, which the cancel's
+UPDATE waits for; SQLite's one writer), and the job's wake-up message is sent only after that
+commit. So no job of a cancelled study ever becomes claimable: a cancel that lands first makes
+the pass's next submit or resume refuse (StudyCancelled) and the pass stop. A job stored before
+the cancel is in flight like any other, but the cancel, reading the records, cannot see it: the
+pass saves its records only if the study is still not cancelled (a conditional UPDATE), and when
+that save or its next submit finds the cancel, it cancels the jobs it submitted or resumed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 from service import artifacts
 from service.broker import Broker, Dispatcher, dispatch
-from service.db.errors import InvalidTransition
+from service.db.errors import InvalidTransition, StudyCancelled
 from service.db.models import Job, Study
 from service.db.repo import JobRepo
 from service.errors import StudyInFlight, StudyInvalid, UnknownCells
@@ -100,10 +105,6 @@ def _in_flight(jobs: Iterable[Job]) -> list[Job]:
     return [job for job in jobs if not JobStatus(job.status).terminal]
 
 
-class CancelledMeanwhile(Exception):
-    """The study was cancelled while a pass advanced it: the pass submits nothing more."""
-
-
 class ServiceChains(Chains):
     """A study's chains reaching the jobs through the repository, with POST /jobs' checks."""
 
@@ -112,14 +113,9 @@ class ServiceChains(Chains):
         self.studies = studies
         self.started: list[str] = []  # jobs this pass submitted or resumed
 
-    def _check_not_cancelled(self) -> None:
-        if self.studies.repo.study_cancelled(self.study):
-            raise CancelledMeanwhile
-
     def submit(self, body: dict, key: str) -> tuple[str, str, bool]:
         s = self.studies
-        self._check_not_cancelled()
-        result = submit_spec(body, key, s.repo, s.broker, s.settings)
+        result = submit_spec(body, key, s.repo, s.broker, s.settings, study=self.study)
         self.started.append(result.job.id)
         if result.created:
             s.dispatcher.poke()
@@ -132,8 +128,7 @@ class ServiceChains(Chains):
         self.studies.repo.cancel(job_id)
 
     def resume(self, job_id: str) -> str:
-        self._check_not_cancelled()
-        job = self.studies.repo.resume(job_id)
+        job = self.studies.repo.resume(job_id, study=self.study)
         self.started.append(job_id)
         dispatch(self.studies.repo, self.studies.broker, job)
         return job.status
@@ -193,7 +188,7 @@ class Studies:
                 if retry is not None:
                     chains.resume_stopped(self._chosen(name, loaded.cells, retry))
                 progress = {cell.id: chains.advance(cell) for cell in loaded.cells}
-            except CancelledMeanwhile:
+            except StudyCancelled:  # the pass stops: nothing more is submitted or resumed
                 saved = False
             else:
                 active = not all(p.settled for p in progress.values())

@@ -61,10 +61,12 @@ def body_hash(data: dict) -> str:
 
 
 def submit_spec(
-    data: dict, idempotency_key: str | None, repo: JobRepo, broker: Broker, settings: Settings
+    data: dict, idempotency_key: str | None, repo: JobRepo, broker: Broker, settings: Settings,
+    study: str | None = None,
 ) -> SubmitResult:
     """The whole submit in one blocking call (a worker thread). The same key and body return
-    the earlier job (`created` False); the caller pokes the dispatcher when a job was created."""
+    the earlier job (`created` False); the caller pokes the dispatcher when a job was created.
+    `study`: a job of that study's pass, refused (StudyCancelled) once the study is cancelled."""
     spec = validate(data, settings)
     queue = broker.queue_for(spec.resources.gpu_type)
     check_with_database(spec, queue, repo, settings)
@@ -75,4 +77,5 @@ def submit_spec(
         idempotency_key_hash=key_hash,
         body_hash=None if idempotency_key is None else body_hash(data),
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        study=study,
     )

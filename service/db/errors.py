@@ -54,3 +54,12 @@ class StudyNotFound(RepoError):
     def __init__(self, name: str):
         self.name = name
         super().__init__(f"study {name} not found")
+
+
+class StudyCancelled(RepoError):
+    """A job of the study was not stored: the study is cancelled (or deleted). Only a pass of
+    the study meets it (service/studies.py), never a client."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"study {name} was cancelled (or deleted)")

@@ -49,7 +49,7 @@ from service.db.gang import GangRepo
 from service.db.models import Attempt, Checkpoint, IdempotencyKey, Job, StatusEvent, utcnow
 from service.db.organise import OrganiseRepo, pack_tags
 from service.db.records import RecordRepo
-from service.db.studies import StudyRepo
+from service.db.studies import StudyRepo, hold_study_open
 from service.db.tokens import TokenRepo
 from sgmim.status import ACTIVE, TERMINAL, TRANSITIONS, JobStatus
 
@@ -267,12 +267,16 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo, StudyRep
         idempotency_key_hash: str | None = None,
         body_hash: str | None = None,
         idempotency_ttl_s: float = 24 * 3600.0,
+        study: str | None = None,
     ) -> SubmitResult:
         """Store a validated spec (its `model_dump(mode="json")`) as a queued job.
 
         With an idempotency key: the same key and body return the existing job (created=False);
         the same key with another body raises IdempotencyConflict. Concurrent submits with one
         key create exactly one job (the key's primary key decides; the losers read the winner).
+        With `study` (a study's pass): a new job is stored only if that study is not cancelled,
+        checked in the inserting transaction (`hold_study_open`), else StudyCancelled; a replay
+        stores nothing and is returned as ever.
         """
         if idempotency_key_hash is not None:
             found = self._idempotent_lookup(idempotency_key_hash, body_hash, idempotency_ttl_s)
@@ -283,6 +287,8 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo, StudyRep
             with self.db.write_connection() as conn:
                 if idempotency_key_hash is not None:
                     _claim_key(conn, idempotency_key_hash, idempotency_ttl_s)
+                if study is not None:
+                    hold_study_open(conn, study)
                 conn.execute(_INSERT_JOB, _job_values(job))
                 conn.execute(_INSERT_EVENT, _first_event(job))
                 if idempotency_key_hash is not None:
@@ -424,9 +430,13 @@ class JobRepo(EventRepo, RecordRepo, TokenRepo, OrganiseRepo, GangRepo, StudyRep
                 raise InvalidTransition(job_id, job.status, JobStatus.CANCELLED, "cancel")
             return self._get(s, job_id)
 
-    def resume(self, job_id: str) -> Job:
-        """failed/cancelled -> queued (the caller re-enqueues); anything else: InvalidTransition."""
+    def resume(self, job_id: str, study: str | None = None) -> Job:
+        """failed/cancelled -> queued (the caller re-enqueues); anything else: InvalidTransition.
+        With `study` (a study's pass): only if that study is not cancelled, checked in this
+        transaction (`hold_study_open`), else StudyCancelled."""
         with self.db.write() as s:
+            if study is not None:
+                hold_study_open(s, study)
             job = self._lock_job(s, job_id)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise InvalidTransition(job_id, job.status, JobStatus.QUEUED, "resume")

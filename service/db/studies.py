@@ -7,7 +7,9 @@ cancelled one once its jobs have stopped, costs nothing.
 
 Several API processes advance the same studies, so a write of the records is a compare-and-set
 on the cancel state the writer read: a pass that read a running study cannot save over a cancel
-made since (nor a cancelled study's refresh over a retry)."""
+made since (nor a cancelled study's refresh over a retry). And a job a pass submits or resumes
+is stored only in a transaction that finds the study not cancelled (`hold_study_open`), so no
+job of a cancelled study ever becomes claimable."""
 
 from __future__ import annotations
 
@@ -15,12 +17,23 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import defer
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.orm import Session, defer
 
 from service.db.base import RepoBase
-from service.db.errors import StudyNotFound
+from service.db.errors import StudyCancelled, StudyNotFound
 from service.db.models import Job, Study, utcnow
+
+
+def hold_study_open(s: Session | Connection, name: str) -> None:
+    """Inside the transaction that queues a job of study `name`: raise StudyCancelled unless the
+    study exists and is not cancelled, and keep it so until that transaction ends. Postgres: a
+    share lock on the study's row, which the cancel's UPDATE (`cancel_study`) waits for, and
+    which itself waits for a cancel not yet committed and then reads it. SQLite: the transaction
+    holds the database's one write lock (BEGIN IMMEDIATE), so no cancel commits in between."""
+    row = s.execute(select(Study.cancelled_at).where(Study.name == name).with_for_update(read=True)).first()
+    if row is None or row.cancelled_at is not None:
+        raise StudyCancelled(name)
 
 
 class StudyRepo(RepoBase):
@@ -87,12 +100,6 @@ class StudyRepo(RepoBase):
         with self.db.write() as s:
             s.execute(update(Study).where(Study.name == name, Study.cancelled_at.is_not(None))
                       .values(cancelled_at=None, active=True, updated_at=utcnow()))
-
-    def study_cancelled(self, name: str) -> bool:
-        """Whether the study is cancelled now (read before each submit of a pass)."""
-        with self.db.read() as s:
-            return s.execute(select(Study.name).where(Study.name == name, Study.cancelled_at.is_not(None))
-                             ).first() is not None
 
     def delete_study(self, name: str) -> None:
         """The study's row only: its jobs are the job repository's (listed and deleted under /jobs)."""

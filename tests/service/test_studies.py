@@ -7,13 +7,15 @@ a cancelled study stops (its jobs cancelled, nothing more submitted) until a ret
 deleted only once none of its jobs is in flight.
 So the jobs are claimed and finished through the repository, as a worker would, without
 training; a real worker runs studies in tests/cli/test_study.py. The cancel racing a pass of
-another API process is played with two `Studies` (one per process) on one database.
+another API process is played with two `Studies` (one per process) on one database, the cancel
+injected at a chosen point of the pass: no job of a cancelled study may become claimable.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
@@ -23,11 +25,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from service.broker import Broker, Dispatcher
 from service.db import migrate
-from service.db.models import Job
+from service.db.models import Job, Study
 from service.db.repo import JobRepo
 from service.db.session import Database
 from service.studies import Studies
@@ -36,6 +40,7 @@ from tests.service import study_worker
 from tests.service.conftest import (
     ROOT,
     Backend,
+    broker_messages,
     create_pg_database,
     drop_pg_database,
     make_settings,
@@ -339,6 +344,110 @@ def test_a_cancel_from_another_process_during_a_pass_holds(two_processes, tmp_pa
     finetunes = {c: r["jobs"]["finetune"] for c, r in retried.study.cells.items()}
     assert {r["status"] for r in finetunes.values()} == {"queued"}
     assert len(study_jobs(repo)) == 4
+
+
+def sent_and_claimed(processes: tuple[Process, ...], claims: list[str]) -> set[str]:
+    """What a worker could do now: another process's dispatcher sends every unsent queued job,
+    and a worker claims the job of each message any process sent (appended to `claims`); the
+    ids of every message sent so far."""
+    processes[-1].studies.dispatcher.drain()
+    sent = {m["args"][0] for p in processes for m in broker_messages(p.studies.settings)}
+    repo = processes[0].studies.repo
+    claims.extend(job_id for job_id in sorted(sent) if repo.claim_job(job_id, "test-worker") is not None)
+    return sent
+
+
+@pytest.mark.parametrize("queues", ["submit", "resume"])
+def test_a_cancel_landing_just_before_a_pass_queues_a_job_leaves_nothing_claimable(
+        two_processes, tmp_path, monkeypatch, queues):
+    """Process B cancels the study at the last moment before process A's pass stores a job of
+    it: A's submit of a fine-tuning job, or its retry's resume of a failed pretraining, after
+    every check A makes before it. A worker looking right then (B's dispatcher sends what is
+    queued, the worker claims what was sent) must find no job of the cancelled study."""
+    a, b = two_processes
+    body = study_body(tmp_path, name="raced", seeds=[0])
+    assert a.studies.post(body)[0].submitted == 2
+    repo = a.studies.repo
+    for job_id in study_jobs(repo):  # the pretraining ends: a pass submits, or a retry resumes, next
+        attempt = repo.claim_job(job_id, "test-worker")
+        assert attempt is not None and repo.finish_job(job_id, attempt, "succeeded" if queues == "submit"
+                                                        else "failed")
+    before = study_jobs(repo)
+    cancelled, claims = [], []
+    original = getattr(repo, queues)
+
+    def cancel_then_queue(*args, **kwargs):
+        if not cancelled:
+            cancelled.append(b.studies.cancel("raced"))
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sent_and_claimed((a, b), claims)
+
+    monkeypatch.setattr(repo, queues, cancel_then_queue)
+    if queues == "submit":
+        a.studies.advance_active()
+    else:
+        a.studies.advance("raced", retry=[])
+    monkeypatch.undo()
+    assert cancelled, "the hook did not run"
+
+    sent = sent_and_claimed((a, b), claims)
+    assert (sent, claims) == (set(), []), "a job of the cancelled study was queued, sent and claimed"
+    assert study_jobs(repo) == before, "the pass stored a job after the cancel"
+    study = repo.study("raced")
+    assert study.cancelled_at == cancelled[0].cancelled_at and not study.active
+
+
+def cancel_could_be_stored_now(db: Database, name: str) -> bool:
+    """Whether the lock a cancel's UPDATE of the study needs is free right now, tried without
+    waiting on a connection of its own (Postgres: the study row's; SQLite: the one write lock);
+    nothing is changed."""
+    if db.dialect == "postgresql":
+        row = select(Study.name).where(Study.name == name).with_for_update(nowait=True, key_share=True)
+        with db.engine.connect() as conn:
+            try:
+                conn.execute(row)
+                return True
+            except OperationalError:  # LockNotAvailable: another transaction holds the row
+                return False
+            finally:
+                conn.rollback()
+    connection = sqlite3.connect(make_url(db.url).database, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # database is locked: another transaction writes
+        return False
+    finally:
+        connection.close()
+
+
+def test_no_cancel_is_stored_while_a_pass_inserts_a_job_of_the_study(two_processes, tmp_path):
+    """The instant inside the transaction: while process A's pass inserts a job of the study, a
+    cancel (process B's) cannot be stored but waits for that transaction, which found the study
+    not cancelled, to end. So a cancel lands before the insert, which is then refused, or after
+    the commit, when the job is in flight like any other (and the pass withdraws it)."""
+    a, b = two_processes
+    assert a.studies.post(study_body(tmp_path, name="raced", seeds=[0]))[0].submitted == 2
+    repo = a.studies.repo
+    for job_id in study_jobs(repo):  # the pretraining succeeds: the next pass submits the fine-tuning
+        attempt = repo.claim_job(job_id, "test-worker")
+        assert attempt is not None and repo.finish_job(job_id, attempt, "succeeded")
+    during_inserts = []
+
+    def probe(_conn, _cursor, statement: str, *_rest) -> None:
+        if statement.lstrip().startswith("INSERT INTO jobs"):
+            during_inserts.append(cancel_could_be_stored_now(b.db, "raced"))
+
+    event.listen(a.db.engine, "before_cursor_execute", probe)
+    try:
+        a.studies.advance_active()
+    finally:
+        event.remove(a.db.engine, "before_cursor_execute", probe)
+    assert during_inserts == [False, False], "a cancel could be stored while a job of the study was inserted"
+    assert cancel_could_be_stored_now(b.db, "raced")  # once the pass's transactions ended
 
 
 def check_results(stack: Stack, study: dict) -> None:
