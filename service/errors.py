@@ -1,13 +1,15 @@
-"""Exception handlers: every error is JSON `{"detail": ...}`; no stack trace ever leaves."""
+"""Exception handlers: every error is JSON `{"detail": ...}` (but a browser's dashboard page with
+an address it cannot use gets a page that says so); no stack trace ever leaves."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,9 +20,12 @@ from service.db.errors import (
     ParentError,
     StudyNotFound,
 )
+from service.middleware import wants_page
 from sgmim.spec import SpecError
 
 log = logging.getLogger("service")
+
+HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
 
 _UNION_TAGS = ("pretrain", "finetune", "evaluate")
 
@@ -44,7 +49,9 @@ class UnknownCells(Exception):
     """422: a retry names cells the study does not have."""
 
     def __init__(self, study: str, unknown: list[str], known: list[str]):
-        super().__init__(f"study {study} has no cell {', '.join(unknown)}; its cells: {', '.join(known)}")
+        # quoted and cut short: the names come from the query as sent (empty, control characters)
+        named = ", ".join(repr(cell[:64]) for cell in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        super().__init__(f"study {study} has no cell {named}; its cells: {', '.join(known)}")
 
 
 class StudyInFlight(Exception):
@@ -76,15 +83,29 @@ def _strip_tag(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
     return [p if isinstance(p, int) else str(p) for p in loc]
 
 
-async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-    detail = [
-        {
-            "loc": _strip_tag(e.get("loc", ())),
-            "msg": str(e.get("msg", "invalid")),
-            "type": str(e.get("type", "value_error")),
-        }
-        for e in exc.errors()
-    ]
+def _validation_item(error: dict[str, Any]) -> dict[str, Any]:
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the character position into `loc`, where a field path is expected
+        position = error.get("loc", ())[-1:]
+        at = f" (char {position[0]})" if position and isinstance(position[0], int) else ""
+        reason = error.get("ctx", {}).get("error", "JSON decode error")
+        return {"loc": ["body"], "msg": f"request body is not valid JSON: {reason}{at}",
+                "type": "json_invalid"}
+    return {
+        "loc": _strip_tag(error.get("loc", ())),
+        "msg": str(error.get("msg", "invalid")),
+        "type": str(error.get("type", "value_error")),
+    }
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> Response:
+    detail = [_validation_item(e) for e in exc.errors()]
+    if wants_page(request.scope, dict(request.headers)):
+        # a browser on a dashboard page with an odd address: a page that says what is wrong
+        from service.web.templating import page  # here: service.web's pages import this module
+
+        problems = [f"{e['loc'][-1]}: {e['msg']}" for e in detail]
+        return page(request, "bad_request.html", {"problems": problems}, status_code=422)
     return JSONResponse({"detail": detail}, status_code=422)
 
 
@@ -92,13 +113,17 @@ async def _spec(_: Request, exc: SpecValidationError) -> JSONResponse:
     return JSONResponse({"detail": field_errors(exc.errors, exc.type, exc.where)}, status_code=422)
 
 
-async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
-    detail = [
+def spec_error_detail(exc: SpecError) -> list[dict[str, Any]]:
+    """A spec's errors as `detail` items, each with its own type (spec_rule, less_than_equal, ...)."""
+    return [
         error
         for pair, type_ in zip(exc.errors, exc.types, strict=True)
         for error in field_errors([pair], type_)
     ]
-    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
+    return JSONResponse({"detail": spec_error_detail(exc)}, status_code=422)
 
 
 async def _parent(_: Request, exc: ParentError) -> JSONResponse:
@@ -141,12 +166,39 @@ async def _idempotency(_: Request, exc: IdempotencyConflict) -> JSONResponse:
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
-async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
         detail = [{"type": "json_invalid", "loc": ["body"],
                    "msg": "request body is not valid JSON: it must be UTF-8 encoded"}]
         return JSONResponse({"detail": detail}, status_code=422)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # the router names the methods of the first route matching the path only
+        allowed = allowed_methods(request.app, request.url.path)
+        if allowed:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document gives the path's templates (GET brings HEAD); [] for a
+    path it does not describe (the dashboard's)."""
+    table = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = app.state.allowed_methods = _method_table(app.openapi()["paths"])
+    found = {method for pattern, methods in table if pattern.fullmatch(path) for method in methods}
+    return sorted(found)
+
+
+def _method_table(paths: dict[str, dict[str, Any]]) -> list[tuple[re.Pattern[str], set[str]]]:
+    table = []
+    for template, operations in paths.items():
+        pattern = re.compile(re.sub(r"\\{[^}/]+\\}", "[^/]+", re.escape(template)))
+        methods = {m.upper() for m in operations if m.upper() in HTTP_METHODS}
+        if "GET" in methods:
+            methods.add("HEAD")
+        table.append((pattern, methods))
+    return table
 
 
 async def _database(request: Request, exc: DBAPIError) -> JSONResponse:

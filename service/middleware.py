@@ -119,7 +119,7 @@ def _cross_site(headers: dict[str, str]) -> str | None:
     return None
 
 
-def _wants_page(scope: Scope, headers: dict[str, str]) -> bool:
+def wants_page(scope: Scope, headers: dict[str, str]) -> bool:
     """A browser navigating to a page (not a script calling the API)."""
     return (
         scope["method"] in ("GET", "HEAD")
@@ -215,7 +215,7 @@ class TokenAuthMiddleware:
         elif (cookie := cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)) is not None:
             token, from_cookie = cookie, True
         if token is None:
-            if _wants_page(scope, headers):
+            if wants_page(scope, headers):
                 await _to_sign_in(scope, send)
                 return
             await send_json(
@@ -223,7 +223,7 @@ class TokenAuthMiddleware:
             )
             return
         if not await self.auth.check(token):
-            if from_cookie and _wants_page(scope, headers):
+            if from_cookie and wants_page(scope, headers):
                 await _to_sign_in(scope, send, clear_cookie=True)
                 return
             await send_json(

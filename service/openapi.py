@@ -139,8 +139,11 @@ def study_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
     inline (the service reads no files)."""
     schema = copy.deepcopy(StudySpec.model_json_schema())
     variant = schema.pop("$defs")["Variant"]
+    jobs = job_spec_components(max_string_length)
+    base_jobs = {}
     for stage in STAGES:
-        schema["properties"][stage] = {"$ref": f"#/components/schemas/{stage.capitalize()}Job",
+        base_jobs[f"Study{stage.capitalize()}Job"] = _base_job(jobs[f"{stage.capitalize()}Job"], stage)
+        schema["properties"][stage] = {"$ref": f"#/components/schemas/Study{stage.capitalize()}Job",
                                        "description": f"the base {stage} job, inline"}
     schema["properties"]["variants"]["items"] = {"$ref": "#/components/schemas/StudyVariant"}
     schema["title"] = "StudySpec"
@@ -161,9 +164,23 @@ def study_spec_components(max_string_length: int = 4096) -> dict[str, Any]:
         {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
         {"type": "array", "items": value},
         {"type": "object", "propertyNames": keys, "additionalProperties": value}]}
-    components = {"StudySpec": schema, "StudyVariant": variant, "StudyValue": any_value}
+    components = {"StudySpec": schema, "StudyVariant": variant, "StudyValue": any_value, **base_jobs}
     _bound_strings(components, max_string_length)
     return components
+
+
+def _base_job(job: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A job spec as a study's base job: each cell names its own job and gives it its parent
+    (sgmim/study/grid.py), so `name` and `parent` are optional and not read (any value)."""
+    base = copy.deepcopy(job)
+    base["required"] = [field for field in base.get("required", []) if field != "name"]
+    ignored = {"name": f"ignored: each cell's job is named <study>-<cell>-{stage}",
+               "parent": "ignored: a cell's fine-tuning and evaluation jobs take the cell's previous "
+                         "stage as their parent"}
+    for field, description in ignored.items():
+        base["properties"][field] = {"$ref": "#/components/schemas/StudyValue", "description": description}
+    base["title"] = f"Study{stage.capitalize()}Job"
+    return base
 
 
 STUDY_BODY = json_body(

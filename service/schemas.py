@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.db.base import clean_text, finite_or_none
 from service.db.models import Checkpoint, Job, LogLine
 from service.db.organise import unpack_tags
+from service.openapi import NO_NUL
 from sgmim.spec.job import TAG_PATTERN
 from sgmim.status import JobStatus
 
@@ -135,11 +136,13 @@ def _summary_fields(job: Job) -> dict[str, Any]:
 class JobPatch(BaseModel):
     """Tags and notes change at any time; archiving hides a job from lists without deleting it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `archived` is a JSON boolean, not 0 or "yes"
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     add_tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(default_factory=list, max_length=32)
     remove_tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(default_factory=list, max_length=32)
-    note: str | None = Field(None, max_length=4096, description="replaces the note; '' clears it")
+    note: Annotated[str, Field(max_length=4096, json_schema_extra={"pattern": NO_NUL})] | None = Field(
+        None, description="replaces the note; '' clears it")  # the pattern: checked by _storable
     archived: bool | None = None
 
     @field_validator("note")

@@ -10,9 +10,9 @@ from service.errors import SpecValidationError
 
 
 def check_strings(data: Any, max_length: int, max_depth: int = 64) -> None:
-    """Every string (and key) of the body is at most max_length characters, encodable as
-    UTF-8 and free of NUL (which Postgres text cannot hold); numbers are finite (1e999 parses
-    as infinity); nesting at most max_depth."""
+    """Every key is a string; every string (and key) of the body is at most max_length
+    characters, encodable as UTF-8 and free of NUL (which Postgres text cannot hold); numbers
+    are finite (1e999 parses as infinity); nesting at most max_depth."""
     errors: list[tuple[str, str]] = []
     stack: list[tuple[Any, list[str]]] = [(data, [])]
     while stack and len(errors) < 20:
@@ -22,6 +22,10 @@ def check_strings(data: Any, max_length: int, max_depth: int = 64) -> None:
             continue
         if isinstance(value, dict):
             for k, v in value.items():
+                if not isinstance(k, str):
+                    # YAML (the dashboard's form) may have numbers, booleans or dates as keys
+                    errors.append((".".join([*path, str(k)[:32]]), "this key is not text; quote it"))
+                    continue
                 if (msg := _bad_string(k, max_length)) is not None:
                     errors.append((".".join(path), f"key {k[:32]!r}…: {msg}"))
                     continue

@@ -87,14 +87,14 @@ class OrganiseRepo(RepoBase):
             raise JobNotFound(job_id)
         return status
 
-    def check_deletable(self, job_id: str) -> None:
-        """Raise InvalidTransition (409) unless the job has ended."""
+    def check_deletable(self, job_id: str, action: str = "delete") -> None:
+        """Raise InvalidTransition (409) unless the job has ended; `action` names what was asked."""
         with self.db.read() as s:
             status = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
             if status is None:
                 raise JobNotFound(job_id)
             if status not in TERMINAL:
-                raise InvalidTransition(job_id, status, "deleted", "delete")
+                raise InvalidTransition(job_id, status, "deleted", action)
 
     def terminal_jobs_with_checkpoints_over(self, keep: int) -> list[str]:
         """Ended jobs holding more than `keep` DeepSpeed tags (the retention pass's work)."""

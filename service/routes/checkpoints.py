@@ -141,7 +141,7 @@ def prune_checkpoints(
 ) -> PruneOut:
     """Keep the newest `keep` DeepSpeed tags and every export; the rest leave the disk. Refused
     (409) while the job runs (its trainer rotates its own tags)."""
-    repo.check_deletable(job_id)
+    repo.check_deletable(job_id, action="prune the checkpoints of")
     keep = keep if keep is not None else settings.keep_checkpoints
     return prune(repo, settings, job_id, 1 if keep is None else keep)
 

@@ -13,6 +13,8 @@ from service.errors import SpecValidationError
 from service.schemas import ConflictOut, ErrorOut, ValidationErrorOut
 
 _JOB_ID = re.compile(r"[0-9a-z]{1,32}")
+# a `names` query (/metrics, /series): comma-separated names of at most 128 characters, no NUL
+NAMES_PATTERN = r"^[^,\x00]{0,128}(,[^,\x00]{0,128})*$"
 
 
 async def valid_job_id(

@@ -10,6 +10,8 @@ import re
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
 from service import artifacts
@@ -50,8 +52,29 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH)
 JobSummaryT = TypeVar("JobSummaryT", bound=JobSummary)
 
 _TAG = re.compile(TAG_PATTERN)
+
 # A page's cursor is the id of its last job (ids sort by creation); the schema states its form.
 CURSOR_PATTERN = r"^[0-9a-z]{1,32}$"
+
+
+def _iso_datetime(value: object) -> object:
+    """ISO 8601 only: pydantic would also take a number as seconds since 1970, so that
+    `since=20261130` (ISO's basic form of 2026-11-30) meant August 1970."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        # an unencoded + (of an offset such as +01:00) reaches the server as a space
+        hint = "; send the + of an offset as %2B" if " " in value else ""
+        raise PydanticCustomError(
+            "datetime_parsing",
+            "not an ISO 8601 date or date-time, e.g. 2026-11-30 or 2026-11-30T08:00:00Z{hint}",
+            {"hint": hint},
+        ) from None
+
+
+IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_datetime)]
 
 
 @router.post(
@@ -120,7 +143,7 @@ def list_jobs(
     kind: Annotated[list[JobKind] | None, Query(description="repeat to allow several")] = None,
     tag: Annotated[list[Tag] | None, Query(description="jobs with all these tags")] = None,
     q: Annotated[str | None, Query(max_length=128, description="part of the name, any case")] = None,
-    since: Annotated[dt.datetime | None, Query(description="created at or after (ISO 8601)")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="created at or after (ISO 8601)")] = None,
     archived: Annotated[bool, Query(description="list the archived jobs instead")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[

@@ -7,14 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.deps import RepoDep
-from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep
+from service.routes.common import AUTH, INVALID, NAMES_PATTERN, NOT_FOUND, JobIdDep
 from service.schemas import MetricPage, MetricPoint
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=AUTH)
 
 MAX_SEQ = 2**62
-# comma-separated names of at most 128 characters each, no NUL
-NAMES_PATTERN = r"^[^,\x00]{0,128}(,[^,\x00]{0,128})*$"
 
 
 @router.get(

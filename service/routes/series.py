@@ -7,10 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.deps import RepoDep
-from service.errors import SpecValidationError
-from service.routes.common import AUTH, INVALID, NOT_FOUND, JobIdDep
+from service.routes.common import AUTH, INVALID, NAMES_PATTERN, NOT_FOUND, JobIdDep
 from service.schemas import CurveOut, SeriesOut
-from service.texts import safe_text
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=AUTH)
 
@@ -27,7 +25,10 @@ def get_series(
     names: Annotated[
         str | None,
         Query(
-            max_length=4096, description="comma-separated metric names (default: all)", examples=["loss,lr"]
+            max_length=4096,
+            pattern=NAMES_PATTERN,
+            description="comma-separated metric names of at most 128 characters (default: all)",
+            examples=["loss,lr"],
         ),
     ] = None,
     points: Annotated[int, Query(ge=10, le=10_000, description="at most this many points per curve")] = 1000,
@@ -37,12 +38,6 @@ def get_series(
     keeps its latest value). `last_seq`: the curves hold every point up to this sequence number;
     follow on with the SSE stream `events?after=<last_seq>`. Every point: `/metrics`."""
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    if wanted and not all(safe_text(n, 128) for n in wanted):
-        raise SpecValidationError(
-            [("names", "metric names are at most 128 characters, without NUL")],
-            "names_invalid",
-            where="query",
-        )
     found = repo.series(job_id, wanted, points)
     return SeriesOut(
         status=found.status,

@@ -17,6 +17,7 @@ from service.routes.common import valid_job_id
 from service.routes.evaluation import get_evaluation
 from service.routes.jobs import CURSOR_PATTERN
 from service.settings import Settings
+from service.texts import safe_text
 from service.web.templating import page
 from sgmim.status import JobStatus
 
@@ -43,6 +44,9 @@ def jobs_page(
     if kind and kind not in KINDS:
         notices.append(f"unknown kind {kind!r} ignored (one of {', '.join(KINDS)})")
         kind = ""
+    if not safe_text(q, 128):
+        notices.append("search text with a NUL character ignored")  # the database cannot compare it
+        q = ""
     before = None
     if cursor:
         if re.fullmatch(CURSOR_PATTERN, cursor):

@@ -11,16 +11,21 @@ from starlette.concurrency import run_in_threadpool
 
 from service.db.errors import ParentError
 from service.deps import BrokerDep, RepoDep, SettingsDep
-from service.errors import SpecValidationError, field_errors
+from service.errors import SpecValidationError, field_errors, spec_error_detail
 from service.openapi import SPEC_EXAMPLES
 from service.routes.common import decode_body
 from service.submission import submit_spec
 from service.web.templating import page
 from sgmim.spec import SpecError
+from sgmim.spec.job import SpecLoader
 
 router = APIRouter(include_in_schema=False)
 
 EXAMPLE_YAML = yaml.safe_dump(SPEC_EXAMPLES["pretrain"]["value"], sort_keys=False, default_flow_style=None)
+
+# A job spec holds a few hundred values. Anchors and aliases can make a few hundred bytes of YAML
+# expand to billions ("billion laughs"), which every later check would walk value by value.
+MAX_YAML_VALUES = 100_000
 
 
 @router.get("/submit")
@@ -39,7 +44,8 @@ async def submit_yaml(request: Request, repo: RepoDep, broker: BrokerDep, settin
             [{"loc": ["body", "spec_yaml"], "msg": "spec_yaml (text) is required", "type": "missing"}]
         )
     try:
-        data = yaml.safe_load(text)
+        # the CLI's loader: `1e-8` is a number, as `sgmim submit` reads the same file
+        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -47,6 +53,9 @@ async def submit_yaml(request: Request, repo: RepoDep, broker: BrokerDep, settin
         return _invalid(
             [{"loc": ["body"], "msg": f"not valid YAML: {problem}", "type": "yaml", "line": line}]
         )
+    if _more_values_than(data, MAX_YAML_VALUES):
+        return _invalid([{"loc": ["body"], "msg": f"the spec holds more than {MAX_YAML_VALUES} values "
+                          "(an alias, *name, counts each time it is used)", "type": "yaml", "line": None}])
     if not isinstance(data, dict):
         return _invalid(
             [
@@ -63,7 +72,7 @@ async def submit_yaml(request: Request, repo: RepoDep, broker: BrokerDep, settin
     except SpecValidationError as exc:
         errors = field_errors(exc.errors, exc.type, exc.where)
     except SpecError as exc:
-        errors = field_errors(exc.errors)
+        errors = spec_error_detail(exc)
     except ParentError as exc:
         errors = field_errors([(exc.path, exc.message)], "parent_error")
     else:
@@ -72,6 +81,22 @@ async def submit_yaml(request: Request, repo: RepoDep, broker: BrokerDep, settin
     for error in errors:
         error["line"] = _line_of(lines, error["loc"][1:])
     return _invalid(errors)
+
+
+def _more_values_than(data: Any, limit: int) -> bool:
+    """Whether the decoded YAML holds more than `limit` values, an alias counted each time it is
+    used (a self-referencing one never ends: more than any limit)."""
+    count, stack = 0, [data]
+    while stack:
+        count += 1
+        if count > limit:
+            return True
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, WithJsonSchema, model_validator
 
 from sgmim.spec.base import FieldError, StrictModel
 from sgmim.spec.data import PretrainDataConfig
@@ -71,6 +71,8 @@ class JobBase(StrictModel):
 
 class PretrainJob(JobBase):
     kind: Literal["pretrain"]
+    # the schema states what _no_parent checks (the check keeps its clearer message)
+    parent: Annotated[ParentRef | None, WithJsonSchema({"type": "null", "default": None})] = None
     config: PretrainConfig = PretrainConfig()
 
     @model_validator(mode="after")

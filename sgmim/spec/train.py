@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from sgmim.spec.base import MAX_EPOCHS, MAX_SEED, MAX_STEPS, FloatPair, StrictModel
 
@@ -72,6 +73,14 @@ class DeepSpeedConfig(StrictModel):
                                "region as a CUDA graph, one launch instead of one per kernel "
                                "(GPU only; more memory); max-autotune-no-cudagraphs: search "
                                "faster matmul kernels (minutes more compile)")
+
+    @field_validator("zero_stage", mode="before")
+    @classmethod
+    def _stage_not_boolean(cls, value: object) -> object:
+        """pydantic matches the literals 0 and 1 by equality, which false and true pass."""
+        if isinstance(value, bool):
+            raise PydanticCustomError("literal_error", "Input should be 'auto', 0, 1, 2 or 3")
+        return value
 
     @model_validator(mode="after")
     def _check_offload(self) -> DeepSpeedConfig:

@@ -7,6 +7,7 @@ import datetime as dt
 import html
 import re
 
+import yaml
 from sqlalchemy import update
 
 from service.db.models import Worker, utcnow
@@ -115,3 +116,68 @@ def test_submit_reports_yaml_and_field_errors_with_lines(api: Api):
     assert parent.status_code == 422 and parent.json()["detail"][0]["loc"] == ["body", "parent", "job_id"]
     assert api.client.post("/submit", json={"yaml": 1}).status_code == 422
     assert api.client.post("/submit", json={"spec_yaml": "- a list"}).status_code == 422
+
+
+def test_submit_refuses_yaml_keys_that_are_not_text(api: Api):
+    for extra, loc in (("1: 2", [1]), ("2026-01-01: x", ["2026-01-01"]),
+                       ("config: {schedule: {epochs: 1, 7: x}}", ["config", "schedule", 7])):
+        r = api.client.post("/submit", json={"spec_yaml": f"kind: pretrain\nname: t\n{extra}\n"})
+        assert r.status_code == 422, (extra, r.text)
+        [error] = r.json()["detail"]
+        assert error == {"loc": ["body", *loc], "msg": "this key is not text; quote it",
+                         "type": "string_invalid", "line": 3}
+
+
+def test_submit_refuses_yaml_whose_aliases_expand_without_bound(api: Api):
+    # 450 bytes of anchors and aliases that expand to a million values ("billion laughs")
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
+    text = "kind: pretrain\nname: t\n" + "\n".join(lines) + "\n"
+    r = api.client.post("/submit", json={"spec_yaml": text})
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body"] and "more than 100000 values (an alias" in error["msg"], error
+    # a spec that shares a block through an anchor is fine
+    shared = ("kind: pretrain\nname: t\nconfig:\n  optim: {betas: &pair [0.9, 0.95]}\n"
+              "  data: {augment: {crop_scale: *pair}}\n  schedule: {epochs: 1}\n")
+    assert api.client.post("/submit", json={"spec_yaml": shared}).status_code == 201
+
+
+def test_submit_reads_yaml_numbers_as_the_cli_does(api: Api):
+    text = "kind: pretrain\nname: t\nconfig:\n  optim: {eps: 1e-8, base_lr: 2e-4}\n  schedule: {epochs: 1}\n"
+    r = api.client.post("/submit", json={"spec_yaml": text})
+    assert r.status_code == 201, r.text
+    optim = api.repo.get(r.json()["id"]).spec["config"]["optim"]
+    assert (optim["eps"], optim["base_lr"]) == (1e-8, 2e-4)
+
+
+def test_submit_reports_the_error_types_of_the_api(api: Api):
+    text = "kind: pretrain\nname: t\npriority: 99\nconfig: {schedule: {epochs: 1, steps: 2}}\n"
+    r = api.client.post("/submit", json={"spec_yaml": text})
+    api_errors = api.client.post("/api/v1/jobs", json=yaml.safe_load(text)).json()["detail"]
+    assert r.status_code == 422
+    assert [(e["loc"], e["type"]) for e in r.json()["detail"]] == [(e["loc"], e["type"]) for e in api_errors]
+    assert {e["type"] for e in api_errors} == {"less_than_equal", "spec_rule"}
+
+
+def test_jobs_page_ignores_a_search_the_database_cannot_hold(api: Api):
+    api.submit({**PRETRAIN, "name": "kept"})
+    for rows in ("0", "1"):
+        r = api.client.get("/", params={"q": "a\x00b", "rows": rows})
+        assert r.status_code == 200, r.text
+        assert "kept" in r.text
+    assert "search text with a NUL character ignored" in api.client.get("/", params={"q": "a\x00b"}).text
+
+
+def test_a_bad_query_on_a_page_answers_a_page(api: Api):
+    for url, problem in (("/?q=" + "x" * 200, "q: String should have at most 128 characters"),
+                         ("/?rows=maybe", "rows: Input should be a valid boolean"),
+                         ("/compare?jobs=" + "a," * 600, "jobs: String should have at most 1024 characters"),
+                         ("/signin?next=/" + "x" * 3000, "next: String should have at most 2048 characters")):
+        r = api.client.get(url, headers={"accept": "text/html"})
+        assert r.status_code == 422, url
+        assert r.headers["content-type"].startswith("text/html"), url
+        assert "Bad request" in r.text and problem in html.unescape(r.text), (url, r.text)
+    # a script (no text/html in Accept) still gets the JSON errors
+    r = api.client.get("/?q=" + "x" * 200)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"]

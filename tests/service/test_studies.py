@@ -524,6 +524,8 @@ def test_unknown_studies_and_cells(stack: Stack, tmp_path):
     answer = stack.post("/studies/known/retry", cell="simmim-s9")
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["loc"] == ["query", "cell"]
-    assert "no cell simmim-s9; its cells: simmim-s3, sgmim-s3" in answer.json()["detail"][0]["msg"]
+    assert "no cell 'simmim-s9'; its cells: simmim-s3, sgmim-s3" in answer.json()["detail"][0]["msg"]
+    empty = stack.post("/studies/known/retry", cell="")  # named as sent, quoted
+    assert empty.status_code == 422 and "no cell ''; its cells" in empty.json()["detail"][0]["msg"]
     assert stack.post("/studies", [1]).status_code == 422
     assert stack.post("/studies", "not json").status_code == 422

@@ -26,6 +26,9 @@ def pretrain(**config: Any) -> dict[str, Any]:
         ({"schedule": {"batch_size": 32.5, "steps": 3}}, "config.schedule.batch_size"),
         ({"deepspeed": {"compile": 0}}, "config.deepspeed.compile"),
         ({"deepspeed": {"compile": "true"}}, "config.deepspeed.compile"),
+        # equal to the literals 1 and 0 in Python, but not ZeRO stages
+        ({"deepspeed": {"zero_stage": True}}, "config.deepspeed.zero_stage"),
+        ({"deepspeed": {"zero_stage": False}}, "config.deepspeed.zero_stage"),
         ({"optim": {"base_lr": "0.001"}}, "config.optim.base_lr"),
         ({"optim": {"base_lr": True}}, "config.optim.base_lr"),
         ({"schedule": {"epochs": 1e12}}, "config.schedule.epochs"),
