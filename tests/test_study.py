@@ -47,6 +47,17 @@ def test_axes_and_variants_reach_the_right_job_keys(tmp_path):
     assert study.baseline_label() == "simmim, mask.structured=complementary"
 
 
+def test_a_seed_reaches_a_base_job_without_a_schedule_section(tmp_path):
+    """The seed key creates the schedule section of a base job that has none: it starts from
+    the job's default schedule (a fine-tuning job's 25 epochs), so every cell stays valid."""
+    finetune = yaml.safe_load((JOBS / "finetune-depth-tiny.yaml").read_text())
+    del finetune["config"]["schedule"]
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(finetune))
+    study, bases = load_study(write(tmp_path, finetune=str(tmp_path / "finetune.yaml"), seeds=[4]))
+    [cell] = expand(study, bases)
+    assert cell.jobs["finetune"]["config"]["schedule"] == {"epochs": 25, "seed": 4}
+
+
 @pytest.mark.parametrize("study, message", [
     # a value the job schema rejects is named by cell, stage and field path
     ({"axes": {"guidance.extractor": ["mlp", "cnn"]}},

@@ -44,14 +44,21 @@ def _fail(message: str, code: int = 1) -> None:
 def _scene_settings(scene: Path | None, assignments: list[str]) -> SyntheticConfig:
     """The `synthetic:` block of `scene` (default: a spec's defaults) with the `--set`
     assignments applied inside it, validated as a job spec's; invalid: exit 2."""
-    from sgmim.spec import SceneFile, SpecError, apply_overrides, parse_section, read_spec_data
+    from sgmim.spec import (
+        SceneFile,
+        SpecError,
+        SyntheticConfig,
+        apply_overrides,
+        parse_section,
+        read_spec_data,
+    )
 
     try:
         data = read_spec_data(scene, "a synthetic: block") if scene is not None else {}
         if data.get("synthetic") is None:
             data["synthetic"] = {}
         if isinstance(data["synthetic"], dict):  # otherwise validation names the bad block
-            apply_overrides(data["synthetic"], assignments)
+            apply_overrides(data["synthetic"], assignments, root=SyntheticConfig)
         return parse_section(SceneFile, data).synthetic
     except SpecError as exc:
         _fail(f"invalid scene settings: {exc}", code=2)

@@ -261,27 +261,50 @@ def dump_spec(spec: AnyJob) -> str:
     return json.dumps(spec.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
-def apply_overrides(data: dict, assignments: list[str]) -> dict:
+def apply_overrides(data: dict, assignments: list[str], root: type[BaseModel] | None = None) -> dict:
     """`key.path=value` assignments (values parsed as YAML) applied to a decoded spec, e.g.
-    `config.schedule.steps=100` or `config.model.guidance.enabled=false`."""
+    `config.schedule.steps=100` or `config.model.guidance.enabled=false`; see `set_path`."""
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         if not sep or not key.strip():
             raise SpecError([("", f"--set {assignment!r}: expected key.path=value")])
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise SpecError([(key, f"--set {assignment!r}: {part} is not a mapping")])
-            node = child
         try:
-            node[leaf] = yaml.load(raw, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
+            value = yaml.load(raw, Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             raise SpecError([("", f"--set {assignment!r}: not valid YAML: {yaml_problem(exc)}")]) from None
+        set_path(data, key.strip(), value, root, what=f"--set {assignment!r}")
     return data
+
+
+def set_path(data: dict, key: str, value: Any, root: type[BaseModel] | None = None,
+             what: str | None = None) -> None:
+    """Set the dotted `key` of a decoded spec to `value`. `root`: the model `data` is (default:
+    the job model of its `kind`). A section missing on the way starts from that model's own
+    default for it, not from an empty one: a pretrain job's schedule is `epochs: 100` and a
+    fine-tuning job's optimiser its own, so `config.schedule.seed=3` or `config.optim.base_lr=…`
+    on a spec without those sections changes that one value. Setting one of two settings
+    that exclude each other (a schedule's `epochs` and `steps`) drops the other."""
+    model = root if root is not None else _JOB_MODELS.get(str(data.get("kind")))
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        field = model.model_fields.get(part) if model is not None else None
+        child = node.get(part)
+        if child is None:
+            child = node[part] = _section_default(field)
+        if not isinstance(child, dict):
+            raise SpecError([(key, f"{what or key}: {part} is not a mapping")])
+        node, model = child, _submodel(field.annotation) if field is not None else None
+    node[leaf] = value
+    if value is not None and model is not None:
+        for other in getattr(model, "EXCLUSIVE", {}).get(leaf, ()):
+            node.pop(other, None)
+
+
+def _section_default(field: Any) -> dict:
+    """The settings a model field's default section sets itself (`{}` without one)."""
+    default = field.get_default(call_default_factory=True) if field is not None else None
+    return default.model_dump(mode="json", exclude_unset=True) if isinstance(default, BaseModel) else {}
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sgmim.spec.base import StrictModel
-from sgmim.spec.job import SPEC_RULE, SpecError, apply_overrides, read_spec_data
+from sgmim.spec.job import SPEC_RULE, SpecError, read_spec_data, set_path
 
 STAGES = ("pretrain", "finetune", "evaluate")
 METHODS = {"simmim": False, "sgmim": True}  # method → pretraining guidance.enabled
@@ -152,13 +152,8 @@ def job_key(key: str) -> tuple[str, str]:
 
 
 def set_key(spec: dict, dotted: str, value: Any) -> None:
-    """`apply_overrides` for an already-decoded value (no YAML parsing of a string)."""
-    apply_overrides(spec, [f"{dotted}=null"])
-    node = spec
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = copy.deepcopy(value)
+    """A study key's decoded value into a job spec (`set_path`: no YAML parsing of a string)."""
+    set_path(spec, dotted, copy.deepcopy(value))
 
 
 def load_study(path: str | Path) -> tuple[StudySpec, dict[str, dict]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -37,6 +37,10 @@ class OptimConfig(StrictModel):
 
 class ScheduleConfig(StrictModel):
     """How long and in what chunks; exactly one of epochs and steps."""
+
+    # an override of one length replaces the other (`--set config.schedule.steps=50` on a spec
+    # of epochs), see sgmim.spec.job.set_path
+    EXCLUSIVE: ClassVar[dict[str, tuple[str, ...]]] = {"epochs": ("steps",), "steps": ("epochs",)}
 
     batch_size: int = Field(64, ge=1, le=65536, description="per process, per micro-step")
     accumulation: int = Field(1, ge=1, le=1024)

@@ -1,5 +1,6 @@
 """The job spec: examples validate, unknown keys and bad values fail naming the field path."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,31 @@ def test_overrides_apply_yaml_values():
     assert spec.config.schedule.steps == 7 and spec.config.model.guidance.enabled is False
     with pytest.raises(SpecError, match="key.path=value"):
         apply_overrides({}, ["nonsense"])
+
+
+def test_an_override_into_a_missing_section_keeps_that_sections_defaults():
+    """A section the spec leaves out is the job model's own default (a pretrain schedule of 100
+    epochs, a fine-tuning optimiser with its poly schedule and 1 warm-up epoch), and an override
+    inside it changes that one value, not the whole section back to the field defaults."""
+    pre = apply_overrides({"kind": "pretrain", "name": "p"}, ["config.schedule.seed=3"])
+    schedule = parse_spec(pre).config.schedule
+    assert (schedule.seed, schedule.epochs, schedule.steps) == (3, 100, None)
+    fine = read_spec_data(EXAMPLES[0].with_name("finetune-depth-tiny.yaml"))
+    del fine["config"]["optim"]
+    fine["parent"] = {"job_id": "parent-job"}
+    default = parse_spec(copy.deepcopy(fine)).config.optim
+    optim = parse_spec(apply_overrides(fine, ["config.optim.base_lr=3e-4"])).config.optim
+    assert optim == default.model_copy(update={"base_lr": 3e-4})
+    assert (optim.schedule, optim.warmup_epochs) == ("poly", 1), "not OptimConfig's own defaults"
+
+
+def test_an_override_of_one_schedule_length_replaces_the_other():
+    data = {"kind": "pretrain", "name": "p", "config": {"schedule": {"epochs": 4, "batch_size": 8}}}
+    apply_overrides(data, ["config.schedule.steps=50"])
+    schedule = parse_spec(data).config.schedule
+    assert (schedule.steps, schedule.epochs, schedule.batch_size) == (50, None, 8)
+    apply_overrides(data, ["config.schedule.epochs=2"])
+    assert (parse_spec(data).config.schedule.epochs, parse_spec(data).config.schedule.steps) == (2, None)
 
 
 def test_an_override_that_is_not_yaml_is_one_error_line_in_train_and_submit():
