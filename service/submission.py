@@ -18,6 +18,10 @@ from service.texts import check_strings
 from sgmim.spec import REQUIRED_PARENT_KIND, AnyJob, parse_spec
 from sgmim.spec.paths import PATH_NOT_ALLOWED, paths_outside
 
+# The error type of a multi-node job that the live workers cannot place now: a refusal by the
+# deployment's state, not by the spec
+NOT_PLACEABLE = "not_placeable"
+
 
 def validate(data: dict, settings: Settings) -> AnyJob:
     """The checks that need no database: strings, the spec's schema, data paths."""
@@ -52,6 +56,7 @@ def check_with_database(spec: AnyJob, queue: str, repo: JobRepo, settings: Setti
                   f"{len(hosts)} host(s) have a live worker serving queue {queue}"
                   + (f" ({', '.join(sorted(hosts))})" if hosts else "")
                   + "; a multi-node job runs one node per host")],
+                NOT_PLACEABLE,
             )
 
 

@@ -19,6 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from service.submission import NOT_PLACEABLE
 from sgmim.spec.job import SPEC_RULE
 from sgmim.spec.paths import PATH_NOT_ALLOWED
 from tests.service.conftest import PRETRAIN, Server
@@ -31,11 +32,13 @@ def positive_data_accepted_but_spec_rules(ctx, response, case):
     """positive_data_acceptance, except for a submit refused only by the spec's rules across
     fields (`spec_rule`: exactly one of epochs and steps, img_size a multiple of
     mask_patch_size, ...; for a study: distinct seeds, known axis keys, its keys applied to each
-    cell's jobs), which JSON Schema cannot state; a refusal for a type, bound,
+    cell's jobs), which JSON Schema cannot state, or by the deployment's state (data roots, live
+    workers for a multi-node job); a refusal for a type, bound,
     pattern, enum or missing field still fails."""
     if response.status_code == 422 and case.operation.label in ("POST /api/v1/jobs", "POST /api/v1/studies"):
         detail = response.json().get("detail")
-        rules = (SPEC_RULE, PATH_NOT_ALLOWED)  # a data path outside the data roots: deployment's rule
+        # a data path outside the data roots, more nodes than live workers: the deployment's rules
+        rules = (SPEC_RULE, PATH_NOT_ALLOWED, NOT_PLACEABLE)
         if isinstance(detail, list) and detail and all(e.get("type") in rules for e in detail):
             return None
     return positive_data_acceptance(ctx, response, case)

@@ -117,7 +117,7 @@ def test_more_nodes_than_hosts_is_refused_with_the_reason(stack: Stack):
     r = stack.client.post(JOBS, json=tiny_spec(steps=4, name="too-big", resources={"gpus": 1, "nodes": 4}))
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
-    assert detail[0]["loc"] == ["body", "resources", "nodes"]
+    assert detail[0]["loc"] == ["body", "resources", "nodes"] and detail[0]["type"] == "not_placeable"
     assert "asks for 4 nodes, but only 3 host(s)" in detail[0]["msg"]
     assert "box-1, box-2, box-3" in detail[0]["msg"]
 
