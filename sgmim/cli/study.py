@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markdown import Markdown
 from rich.table import Table
 
 from sgmim.cli.client import Api, ApiError, api_errors, fail, markup
 from sgmim.cli.jobs import connect, console, progress_text
-from sgmim.spec.study import STAGES
 from sgmim.status import JobStatus
 
 study_app = typer.Typer(help="Studies: the paper's comparisons as one command (a grid of pretrain → "
@@ -99,6 +97,8 @@ def retry(
 def wait_and_write(api: Api, name: str, out: Path, poll: float, again: str) -> None:
     """Follow the study until it settles, then write its results; exit 1 when a cell stopped or
     was left unfinished (a cancelled study)."""
+    from rich.markdown import Markdown
+
     from sgmim.study.collect import done, follow, stopped, write_results
 
     with api_errors(api.url):
@@ -133,6 +133,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="the study as GET /api/v1/studies/{name} answers"),
 ) -> None:
     """Progress per cell: each stage's job, its status and step."""
+    from sgmim.spec.study import STAGES  # here: every other command starts without the spec models
+
     name = study_name(study)
     api = connect(ctx)
     with api_errors(api.url):

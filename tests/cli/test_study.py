@@ -2,17 +2,18 @@
 
 The CLI posts the study and follows it; the service advances the chains. The SimMIM row
 pretrains from an image folder that does not exist yet, so both of its cells fail at their first
-job; the folder is then rendered and one cell is retried alone, then the other. The table must
-equal a hand computation from the cells' eval.json in the run directories, and running the study
-again must submit nothing. A second `sgmim worker` on the same data directory runs the cells two
-at a time, as a box with two workers would (each job is mostly the trainer's imports, one core's
-work), which halves the first round. A study no worker can run is followed until Ctrl-C,
-cancelled and deleted.
+job; the folder is then rendered and one cell is retried alone (its follower stopped with Ctrl-C
+once it follows), then the other, which runs beside it. The table must equal a hand computation
+from the cells' eval.json in the run directories, and running the study again must submit
+nothing. A second `sgmim worker` on the same data directory runs the cells two at a time, as a
+box with two workers would (each job is mostly the trainer's imports, one core's work), which
+halves the first round. A study no worker can run is followed until Ctrl-C, cancelled and
+deleted.
 """
 
 import json
 import math
-import os
+import re
 import signal
 import statistics
 import subprocess
@@ -22,7 +23,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.cli.conftest import ROOT, clean_env, cli, start_server
+from tests.cli.conftest import ROOT, clean_env, cli, start_server, stop_server
+from tests.train.conftest import SIDE_BY_SIDE
 
 EXAMPLES = ROOT / "examples" / "jobs"
 TINY_SCHEDULE = {"batch_size": 8, "steps": 2, "log_every": 1}
@@ -54,29 +56,31 @@ def write_study(folder, pretrain_data, name="tiny-methods", **changes):
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
     """`sgmim serve --with-worker` (as tests/cli/conftest.py's `server`) and a second
-    `sgmim worker` on its data directory; both are stopped together (a worker's warm shutdown
-    takes seconds)."""
+    `sgmim worker` on its data directory, each job with one thread (two jobs that each take both
+    cores thrash); the teardown kills both 1 s after SIGTERM (see `stop_server`)."""
     state = tmp_path_factory.mktemp("state")
     roots = str(tmp_path_factory.getbasetemp())
     # the service advances the studies every 0.2 s (default 2 s): each stage waits for a pass
-    server, url = start_server(state, "--with-worker", SGMIM_DATA_ROOTS=roots, SGMIM_STUDY_INTERVAL_S="0.2")
+    server, url = start_server(state, "--with-worker", SGMIM_DATA_ROOTS=roots, SGMIM_STUDY_INTERVAL_S="0.2",
+                               **SIDE_BY_SIDE)
+    env = clean_env(SGMIM_DATA_DIR=str(state), SGMIM_DATA_ROOTS=roots, **SIDE_BY_SIDE)
     with (state / "second-worker.log").open("ab") as log:  # started once the server has migrated
-        second = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "worker", "--name", "second"],
-                                  env=clean_env(SGMIM_DATA_DIR=str(state), SGMIM_DATA_ROOTS=roots), cwd=ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        second = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "worker", "--name", "second"], env=env,
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     yield {"url": url, "env": clean_env(SGMIM_URL=url, XDG_CONFIG_HOME=str(state / "config")),
            "state": state}
     for proc in (second, server):
-        os.killpg(proc.pid, signal.SIGTERM)
-    for proc in (second, server):
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_server(proc, grace=1)
 
 
 def job_ids(url):
     return {j["id"] for j in httpx.get(f"{url}/api/v1/jobs", params={"limit": 200}).json()["items"]}
+
+
+def popen_cli(*args, env):
+    """The CLI in the background, unbuffered so that its lines tell how far it got."""
+    return subprocess.Popen([sys.executable, "-m", "sgmim.cli", *args], env={**env, "PYTHONUNBUFFERED": "1"},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def status_report(study, env):
@@ -109,21 +113,33 @@ def test_study_runs_retries_and_tabulates(two_workers, tmp_path):
     assert report["simmim-s0"]["stages"]["finetune"]["status"] == "pending"
     assert report["sgmim-s1"]["stages"]["evaluate"]["status"] == "succeeded"
 
-    # the data arrives; one failed cell is retried alone (the study named by its file)
+    # the data arrives; one failed cell is retried alone (the study named by its file), and the
+    # CLI is stopped once it follows: the other cell's retry below then runs beside it
     write_synthetic_dataset(pretrain_data, 16, (64, 64), "train")
     made = job_ids(url)
-    alone = cli("study", "retry", str(study), "--out", str(out), "--cell", "simmim-s0", "--poll", "0.5",
-                env=env, timeout=900)
-    assert alone.returncode == 1, alone.stdout[-3000:] + alone.stderr[-3000:]  # simmim-s1 still failed
+    resumed = {cell: report[cell]["stages"]["pretrain"]["job_id"] for cell in ("simmim-s0", "simmim-s1")}
+    alone = popen_cli("study", "retry", str(study), "--out", str(out), "--cell", "simmim-s0", "--poll", "0.5",
+                      env=env)
+    assert alone.stdout.readline().startswith("study tiny-methods retried: ")
+    assert re.match(r"\S+-s\d: (pretrain|finetune|evaluate) ", alone.stdout.readline())  # following it
+    alone.send_signal(signal.SIGINT)
+    said, err = alone.communicate(timeout=30)
+    assert alone.returncode == 130, said + err
+    assert "the service keeps advancing study tiny-methods" in said
     report = status_report(study, env)
-    assert report["simmim-s0"]["stages"]["evaluate"]["status"] == "succeeded"
+    assert report["simmim-s0"]["stages"]["pretrain"]["status"] != "failed"
     assert report["simmim-s1"]["stages"]["pretrain"]["status"] == "failed"
-    assert len(job_ids(url) - made) == 2  # its fine-tuning and evaluation; its pretraining resumed
 
     rest = cli("study", "retry", "tiny-methods", "--out", str(out), "--poll", "0.5", env=env, timeout=900)
     assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
     finished = job_ids(url)
     assert len(finished - before) == 2 + 2 * 2 + 2 * 3
+    report = status_report(study, env)
+    for cell, pretrain in resumed.items():  # each retried cell resumed its pretraining job
+        stages = report[cell]["stages"]
+        assert stages["pretrain"]["job_id"] == pretrain and stages["evaluate"]["status"] == "succeeded"
+    assert finished - made == {report[cell]["stages"][stage]["job_id"] for cell in resumed
+                               for stage in ("finetune", "evaluate")}
 
     # running the study again submits nothing
     again = cli("study", "run", str(study), "--out", str(out), env=env, timeout=300)
@@ -170,9 +186,7 @@ def test_a_followed_study_is_cancelled_and_deleted(two_workers, tmp_path):
                         **{stage: {"file": str(EXAMPLES / f), "set": nowhere} for stage, f in (
                             ("pretrain", "pretrain-tiny.yaml"), ("finetune", "finetune-depth-tiny.yaml"),
                             ("evaluate", "evaluate-depth-tiny.yaml"))})
-    follow = subprocess.Popen([sys.executable, "-m", "sgmim.cli", "study", "run", str(study), "--poll", "0.2",
-                               "--out", str(tmp_path / "out")], env={**env, "PYTHONUNBUFFERED": "1"},
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = popen_cli("study", "run", str(study), "--poll", "0.2", "--out", str(tmp_path / "out"), env=env)
     assert follow.stdout.readline().startswith("study stuck: 1 rows × 1 seeds = 1 cells")
     assert "sgmim-s0: pretrain job" in follow.stdout.readline()  # following it
     follow.send_signal(signal.SIGINT)

@@ -51,9 +51,11 @@ def write_spec(data: dict, path: Path) -> Path:
 
 
 def sgmim_train(spec: Path, run_dir: Path, job_id: str | None = None, nproc: int = 1,
-                timeout: float = 300) -> tuple[int, str]:
-    """`sgmim train` as a user (or the worker, with SGMIM_JOB_ID) runs it."""
+                timeout: float = 300, extra_env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`sgmim train` as a user (or the worker, with SGMIM_JOB_ID) runs it; `extra_env`: variables
+    added to its environment."""
     env = {k: v for k, v in os.environ.items() if k != "SGMIM_JOB_ID"}
+    env.update(extra_env or {})
     if job_id:
         env["SGMIM_JOB_ID"] = job_id
     proc = subprocess.Popen(

@@ -4,12 +4,14 @@ pretrain → finetune → evaluate, and the 2-process evaluation equals the 1-pr
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from sgmim.train.evaluate import load_finetuned
 from tests.finetune.conftest import example, metric_lines, safetensors_metadata, sgmim_train, write_spec
+from tests.train.conftest import SIDE_BY_SIDE
 
 pytestmark = pytest.mark.slow
 
@@ -85,9 +87,15 @@ def test_worker_style_parent_two_processes_and_evaluate(pretrained, tmp_path):
     ev_spec = write_spec(example("evaluate-depth-tiny.yaml", **{
         "parent.job_id": "ft-2", "config.init_path": str(model_file), "config.eval.flip": False}),
         tmp_path / "ev.yaml")
+    flipped = write_spec(example("evaluate-depth-tiny.yaml", **{
+        "config.init": "file", "config.init_path": str(model_file)}), tmp_path / "ev-flip.yaml")
     ev_run = tmp_path / "ev"
-    code, out = sgmim_train(ev_spec, ev_run, job_id="ev-1")
-    assert code == 0, out
+    with ThreadPoolExecutor(1) as pool:  # the two evaluations share nothing: side by side
+        flip_done = pool.submit(sgmim_train, flipped, tmp_path / "ev-flip", extra_env=SIDE_BY_SIDE)
+        code, out = sgmim_train(ev_spec, ev_run, job_id="ev-1", extra_env=SIDE_BY_SIDE)
+        assert code == 0, out
+        code, out = flip_done.result()
+        assert code == 0, out
     record = json.loads((ev_run / "eval.json").read_text())
     assert set(record) >= EVAL_FIELDS
     assert record["parent_chain"] == ["pre-1", "ft-2"] and record["job_id"] == "ev-1"
@@ -101,10 +109,6 @@ def test_worker_style_parent_two_processes_and_evaluate(pretrained, tmp_path):
     for name in DEPTH_METRICS:   # 2 ranks' shares summed = one process over everything
         assert record["metrics"][name] == pytest.approx(trained["metrics"][name], rel=1e-4)
 
-    flipped = write_spec(example("evaluate-depth-tiny.yaml", **{
-        "config.init": "file", "config.init_path": str(model_file)}), tmp_path / "ev-flip.yaml")
-    code, out = sgmim_train(flipped, tmp_path / "ev-flip")
-    assert code == 0, out
     record = json.loads((tmp_path / "ev-flip" / "eval.json").read_text())
     assert record["flip"] is True and record["parent_chain"] == ["pre-1", "ft-2"] and record["job_id"] == ""
 

@@ -23,17 +23,26 @@ def tiny_spec(tmp_path: Path, name: str = "spec.yaml", **config_patch) -> Path:
     return path
 
 
-def start_training(spec: Path, run_dir: Path, nproc: int = 1) -> subprocess.Popen:
-    """`sgmim train` as a user runs it, in its own session so a test can kill the whole group."""
+# For runs side by side: one thread per rank. Two runs that each take every core of a 2-core box
+# thrash (the threads of one wait for those of the other): two runs then take twice as long as
+# one after the other.
+SIDE_BY_SIDE = {"OMP_NUM_THREADS": "1"}
+
+
+def start_training(spec: Path, run_dir: Path, nproc: int = 1,
+                   extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`sgmim train` as a user runs it, in its own session so a test can kill the whole group;
+    `extra_env`: variables added to its environment."""
     return subprocess.Popen(
         [sys.executable, "-m", "sgmim.cli", "train", str(spec), "--run-dir", str(run_dir),
          "--nproc", str(nproc)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        cwd=ROOT)
+        cwd=ROOT, env={**os.environ, **(extra_env or {})})
 
 
-def train(spec: Path, run_dir: Path, nproc: int = 1, timeout: float = 300) -> tuple[int, str]:
-    proc = start_training(spec, run_dir, nproc)
+def train(spec: Path, run_dir: Path, nproc: int = 1, timeout: float = 300,
+          extra_env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = start_training(spec, run_dir, nproc, extra_env)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.train.conftest import ROOT, metric_lines, start_training, tiny_spec, train, wait_for
+from tests.train.conftest import ROOT, SIDE_BY_SIDE, metric_lines, start_training, tiny_spec, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,16 +59,21 @@ def test_two_process_zero2_kill_and_resume(tmp_path):
 
 def test_loader_workers_persist_across_epochs_and_change_nothing(tmp_path):
     """Data is a function of (seed, epoch, index): a persistent loader worker must see each new
-    epoch (shared in memory), so the losses equal those of the in-process loader."""
-    losses = {}
-    for workers in (0, 1):
+    epoch (shared in memory), so the losses equal those of the in-process loader. The two runs
+    share nothing, so they run side by side."""
+
+    def losses(workers: int) -> list[float]:
         spec = tiny_spec(tmp_path, f"spec{workers}.yaml", data={"num_images": 64, "num_workers": workers},
                          schedule={"steps": 8, "epochs": None, "log_every": 1, "checkpoint_every": None})
-        code, out = train(spec, tmp_path / f"run{workers}")
+        code, out = train(spec, tmp_path / f"run{workers}", extra_env=SIDE_BY_SIDE)
         assert code == 0, out
-        losses[workers] = [m["loss"] for m in metric_lines(tmp_path / f"run{workers}") if "loss" in m]
-    assert len(losses[0]) == 8, "4 epochs of 2 steps"
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+        return [m["loss"] for m in metric_lines(tmp_path / f"run{workers}") if "loss" in m]
+
+    with ThreadPoolExecutor(1) as pool:
+        with_worker = pool.submit(losses, 1)
+        in_process = losses(0)
+        assert len(in_process) == 8, "4 epochs of 2 steps"
+        assert with_worker.result() == pytest.approx(in_process, rel=1e-4)
 
 
 def test_metrics_jsonl_fields_and_export(tmp_path):
@@ -294,70 +299,64 @@ def test_param_groups_exempt_norms_biases_and_tokens():
     assert torch.is_tensor(named["encoder.mask_token"])
 
 
-def test_resume_on_another_process_count_converts_to_universal(tmp_path):
-    schedule = {"steps": 4, "epochs": None, "log_every": 1, "checkpoint_every": 4}
-    run_dir = tmp_path / "run"
-    zero2 = {"zero_stage": 2}
-    code, out = train(tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128},
-                                deepspeed=zero2), run_dir)
-    assert code == 0, out
-    longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128},
-                       deepspeed=zero2)
-    code, out = train(longer, run_dir, nproc=2)
-    assert code == 0, out
-    info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["start_step"] == 4 and info["world_size"] == 2
-    assert (run_dir / "checkpoints" / "global_step4_universal").is_dir()
-    assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
-    assert "universal checkpoint" in (run_dir / "train.log").read_text()
-
-
 def test_zero_stage_auto_and_resume_across_process_counts_and_stages(tmp_path):
     """auto: one process trains ZeRO-0; its checkpoint resumes on two processes (the stage is
     kept, so the optimiser state loads); a spec that asks for a stage that cannot load it is a
     clear error, not an optimiser silently started afresh. And back: two processes choose
-    ZeRO-2, one process resumes it through the universal checkpoint and keeps stage 2. The two
-    chains share nothing, so the second runs beside the first."""
+    ZeRO-2, one process resumes it through the universal checkpoint and keeps stage 2, and two
+    processes resume that one's checkpoint through the universal checkpoint again. The two chains
+    share nothing, so the second runs beside the first."""
     schedule = {"steps": 4, "epochs": None, "log_every": 1, "checkpoint_every": 4}
     first = tiny_spec(tmp_path, "a.yaml", schedule=schedule, data={"num_images": 128})
     longer = tiny_spec(tmp_path, "b.yaml", schedule={**schedule, "steps": 6}, data={"num_images": 128})
     zero2 = tiny_spec(tmp_path, "c.yaml", schedule={**schedule, "steps": 8}, data={"num_images": 128},
                       deepspeed={"zero_stage": 2})
     two_first = tiny_spec(tmp_path, "d.yaml", schedule=schedule, data={"num_images": 128})
+    longest = tiny_spec(tmp_path, "e.yaml", schedule={**schedule, "steps": 8}, data={"num_images": 128})
     with ThreadPoolExecutor(1) as pool:
-        back = pool.submit(two_processes_then_one, two_first, longer, tmp_path / "run2")
+        back = pool.submit(two_processes_then_one_then_two, two_first, longer, longest, tmp_path / "run2")
         one_process_then_two(first, longer, zero2, tmp_path / "run")
         back.result()
 
 
 def one_process_then_two(first, longer, zero2, run_dir):
-    code, out = train(first, run_dir)
+    code, out = train(first, run_dir, extra_env=SIDE_BY_SIDE)
     assert code == 0, out
     assert json.loads((run_dir / "run_info.json").read_text())["zero_stage"] == 0
     assert json.loads((run_dir / "checkpoints/global_step4/sgmim_zero.json").read_text()) == {"zero_stage": 0}
 
-    code, out = train(longer, run_dir, nproc=2)
+    code, out = train(longer, run_dir, nproc=2, extra_env=SIDE_BY_SIDE)
     assert code == 0, out
     info = json.loads((run_dir / "run_info.json").read_text())
     assert (info["start_step"], info["world_size"], info["zero_stage"]) == (4, 2, 0)
     assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
     assert "keeping it" in (run_dir / "train.log").read_text()
 
-    code, out = train(zero2, run_dir, nproc=2)
+    code, out = train(zero2, run_dir, nproc=2, extra_env=SIDE_BY_SIDE)
     assert code != 0, out
     errors = [line for line in (run_dir / "train.log").read_text().splitlines() if " ERROR " in line]
     assert errors and all("written with ZeRO stage 0; this spec asks for stage 2" in e and
                           "set deepspeed.zero_stage to 0 or auto" in e for e in errors), errors
 
 
-def two_processes_then_one(first, longer, run_dir):
-    """Stage 0 could not take ZeRO's partitioned optimiser state, so the stage is kept."""
-    code, out = train(first, run_dir, nproc=2)
+def two_processes_then_one_then_two(first, longer, longest, run_dir):
+    """Stage 0 could not take ZeRO's partitioned optimiser state, so the stage is kept; a change
+    of process count either way goes through the universal checkpoint."""
+    code, out = train(first, run_dir, nproc=2, extra_env=SIDE_BY_SIDE)
     assert code == 0, out
     assert json.loads((run_dir / "run_info.json").read_text())["zero_stage"] == 2
-    code, out = train(longer, run_dir)
+    code, out = train(longer, run_dir, extra_env=SIDE_BY_SIDE)
     assert code == 0, out
     info = json.loads((run_dir / "run_info.json").read_text())
     assert (info["start_step"], info["world_size"], info["zero_stage"]) == (4, 1, 2)
     assert (run_dir / "checkpoints" / "global_step4_universal").is_dir()
     assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [5, 6]
+
+    logged = len((run_dir / "train.log").read_text())
+    code, out = train(longest, run_dir, nproc=2, extra_env=SIDE_BY_SIDE)
+    assert code == 0, out
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["start_step"], info["world_size"], info["zero_stage"]) == (6, 2, 2)
+    assert (run_dir / "checkpoints" / "global_step6_universal").is_dir()
+    assert [m["step"] for m in metric_lines(run_dir) if "loss" in m][-2:] == [7, 8]
+    assert "universal checkpoint" in (run_dir / "train.log").read_text()[logged:]

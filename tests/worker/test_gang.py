@@ -122,9 +122,11 @@ def test_more_nodes_than_hosts_is_refused_with_the_reason(stack: Stack):
     assert "box-1, box-2, box-3" in detail[0]["msg"]
 
 
-def test_two_node_job_succeeds_with_both_shards(stack: Stack):
-    job_id = stack.submit(tiny_spec(steps=8, name="gang-ok", resources=TWO_NODES))
-    job = finish(stack, job_id)
+def assert_both_shards(stack: Stack, job_id: str) -> None:
+    """A two-node job of 8 steps ran once, one node per host, and left no process behind."""
+    job = stack.job(job_id)
+    if job["status"] != "succeeded":
+        print("\n".join(stack.logs(job_id)[-80:]))
     assert job["status"] == "succeeded", job["error"]
     assert job["attempt"] == 1
 
@@ -150,6 +152,24 @@ def test_two_node_job_succeeds_with_both_shards(stack: Stack):
     assert ranks_done == {0, 1}
     assert [m["step"] for m in stack.metrics(job_id, "loss")] == list(range(1, 9)), "rank 0's metrics, once"
     assert not attempt_processes(job_id, 1)
+
+
+def test_two_gangs_on_three_workers_both_finish_with_both_shards(stack: Stack):
+    wait_for(lambda: all_free(stack), 30, "every worker free")
+    first = stack.submit(tiny_spec(steps=8, name="gang-a", resources=TWO_NODES))
+    second = stack.submit(tiny_spec(steps=8, name="gang-b", resources=TWO_NODES))
+    reasons = set()
+
+    def both_done() -> bool:
+        jobs = [stack.job(first), stack.job(second)]
+        reasons.update(j["error"] for j in jobs if j["status"] == "queued" and j["error"])
+        return all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs)
+
+    wait_for(both_done, 300, "both gangs to finish", interval=0.5)
+    for job_id in (first, second):
+        assert_both_shards(stack, job_id)
+    # three workers hold one gang at a time: the other waited, with its reason in the job
+    assert any("waiting for 2 free workers on distinct hosts" in r for r in reasons), reasons
     wait_for(lambda: all_free(stack), 15, "every worker free again")
 
 
@@ -203,26 +223,6 @@ def test_cancel_stops_every_node(stack: Stack):
     # node 1's worker saw the cancel (stopped), or its trainer lost node 0's store first (exited)
     wait_for(lambda: stack.repo.gang_nodes(job_id, 1)[1].status in ("stopped", "exited"), 20, "node 1 ended")
     wait_for(lambda: all_free(stack), 15, "every worker free again")
-
-
-def test_two_gangs_on_three_workers_both_finish(stack: Stack):
-    wait_for(lambda: all_free(stack), 30, "every worker free")
-    first = stack.submit(tiny_spec(steps=8, name="gang-a", resources=TWO_NODES))
-    second = stack.submit(tiny_spec(steps=8, name="gang-b", resources=TWO_NODES))
-    reasons = set()
-
-    def both_done() -> bool:
-        jobs = [stack.job(first), stack.job(second)]
-        reasons.update(j["error"] for j in jobs if j["status"] == "queued" and j["error"])
-        return all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs)
-
-    wait_for(both_done, 300, "both gangs to finish", interval=0.5)
-    for job_id in (first, second):
-        job = stack.job(job_id)
-        assert job["status"] == "succeeded", job["error"]
-        assert len({n.host for n in stack.repo.gang_nodes(job_id, job["attempt"])}) == 2
-    # three workers hold one gang at a time: the other waited, with its reason in the job
-    assert any("waiting for 2 free workers on distinct hosts" in r for r in reasons), reasons
 
 
 def test_a_node_that_never_starts_releases_the_gang_after_the_timeout(stack: Stack):
