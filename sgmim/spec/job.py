@@ -229,13 +229,17 @@ def _raw_error_items(exc: ValidationError, root: type[BaseModel] | None) -> list
     return found
 
 
+def _spec_error(exc: ValidationError, root: type[BaseModel] | None = None) -> SpecError:
+    items = _spec_error_items(exc, root)
+    return SpecError([(path, msg) for path, msg, _ in items], [kind for _, _, kind in items])
+
+
 def parse_spec(data: Any) -> AnyJob:
     """Validate a decoded spec (dict); raises SpecError naming each bad field."""
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
-        items = _spec_error_items(exc)
-        raise SpecError([(path, msg) for path, msg, _ in items], [kind for _, _, kind in items]) from None
+        raise _spec_error(exc) from None
 
 
 def parse_section(model: type[Section], data: Any) -> Section:
@@ -244,8 +248,7 @@ def parse_section(model: type[Section], data: Any) -> Section:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        items = _spec_error_items(exc, model)
-        raise SpecError([(path, msg) for path, msg, _ in items], [kind for _, _, kind in items]) from None
+        raise _spec_error(exc, model) from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AnyJob:
