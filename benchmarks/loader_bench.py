@@ -32,9 +32,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._results import machine, write_section  # noqa: E402
-from sgmim.data import PretrainDataConfig, build_pretrain_dataset  # noqa: E402
+from sgmim.data import build_pretrain_dataset  # noqa: E402
 from sgmim.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sgmim.models import MaskGenerator  # noqa: E402
+from sgmim.spec import PretrainDataConfig  # noqa: E402
 
 PHOTO = (375, 500)  # (H, W)
 

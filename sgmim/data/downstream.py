@@ -15,9 +15,9 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from sgmim.data.ade20k import Ade20kSource
+from sgmim.data.epochs import EpochDataset, EpochKey
 from sgmim.data.errors import DataError, SkipPolicy
 from sgmim.data.folder import FolderSource
 from sgmim.data.kitti import KittiSource
@@ -84,22 +84,18 @@ class SyntheticLabelledSource(CachedScenes):
         return {"rgb": item["rgb"], "depth": item["depth"], "label": item["label"].astype(np.int64)}
 
 
-class DownstreamDataset(Dataset):
+class DownstreamDataset(EpochDataset):
     """Items: `image` (3, H, W) float32 normalised, `depth` (1, H, W) float32 metres (0 = invalid)
     or `label` (H, W) int64 (255 = ignore), and `name`."""
 
     def __init__(self, source: LabelledSource, task: Task, train: bool, augment: AugmentConfig,
                  crop_size: tuple[int, int] | None, seed: int, strict: bool):
+        super().__init__()
         self.source, self.task, self.train = source, task, train
         self.augment, self.crop_size, self.seed = augment, crop_size, seed
         self.target = "depth" if task == "depth" else "label"
         self.kinds = {"image": SMOOTH, self.target: METRIC_DEPTH if task == "depth" else LABEL}
         self.policy = SkipPolicy(strict)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation of `epoch`; call before iterating over it."""
-        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -109,8 +105,9 @@ class DownstreamDataset(Dataset):
         return {"image": image_to_tensor(item["rgb"]),
                 self.target: target[None] if self.task == "depth" else target}
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        rng = np.random.default_rng([self.seed, int(self._epoch), index])
+    def __getitem__(self, key: int | EpochKey) -> dict[str, torch.Tensor | str]:
+        epoch, index = self.epoch_and_index(key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         index, item = self.policy.load(index, len(self.source), self.source.load)
         sample = self._to_tensors(item)
         if self.train:

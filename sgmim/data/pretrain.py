@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from sgmim.data.epochs import EpochDataset, EpochKey
 from sgmim.data.errors import SkipPolicy
 from sgmim.data.image_folder import ImageFolderSource
 from sgmim.data.synthetic import split_seeds
@@ -46,7 +46,7 @@ class SyntheticSource(CachedScenes):
         return item["rgb"], item["depth"]
 
 
-class PretrainDataset(Dataset):
+class PretrainDataset(EpochDataset):
     """Items: `image` (3, S, S), `depth` (1, S, S) in [0, 1], `image_mask` and `struct_mask`
     (h, w) uint8 on the patch grid (1 = masked).
 
@@ -56,28 +56,20 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, source: PairSource, cfg: PretrainDataConfig, img_size: int, mask_generator: MaskFn):
+        super().__init__()
         self.source = source
         self.cfg = cfg
         self.size = (img_size, img_size)
         self.mask_generator = mask_generator
         self.policy = SkipPolicy(cfg.strict)
         self.compact = cfg.transfer == "compact" or (cfg.transfer == "auto" and torch.cuda.is_available())
-        # In shared memory so that persistent DataLoader workers see set_epoch too.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation and masks of `epoch`; call before iterating over it."""
-        self._epoch.fill_(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+    def __getitem__(self, key: int | EpochKey) -> dict[str, torch.Tensor]:
+        epoch, index = self.epoch_and_index(key)
+        rng = np.random.default_rng([self.cfg.seed, epoch, index])
         _, (rgb, depth) = self.policy.load(index, len(self.source), self.source.load)
         compact = self.compact
         # Resized crop and flip work on uint8 pixels as well; photometric jitter needs floats.
@@ -101,7 +93,8 @@ class PretrainDataset(Dataset):
 
 def build_pretrain_dataset(cfg: PretrainDataConfig, img_size: int, mask_generator: MaskFn,
                            split: str = "train") -> PretrainDataset:
-    """Pretraining pairs with per-sample masks; call `set_epoch(e)` on it before each epoch.
+    """Pretraining pairs with per-sample masks, keyed by `(epoch, index)` or by an index
+    of the epoch set with `set_epoch`.
 
     `synthetic`: `cfg.num_images` scenes from the split's seed range, rendered at
     `cfg.synthetic.render_size` (default `img_size`). `image_folder`: `root/images` with

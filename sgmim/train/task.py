@@ -7,8 +7,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from sgmim.data.epochs import EpochDataset
 from sgmim.spec import AnyJob
 from sgmim.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
 from sgmim.train.distributed import DistEnv
@@ -30,7 +30,8 @@ class TrainTask(Protocol):
 
     def build_model(self) -> nn.Module: ...
 
-    def build_dataset(self, model: nn.Module) -> Dataset: ...
+    def build_dataset(self, model: nn.Module) -> EpochDataset:
+        """Items keyed by `(epoch, index)`: the trainer reads the whole run in one pass."""
 
     def param_groups(self, model: nn.Module) -> list[dict]: ...
 

@@ -35,7 +35,7 @@ from sgmim.train.distributed import DistEnv, all_reduce_mean, barrier
 from sgmim.train.ds_config import build_ds_config, resolve_precision, trainer_clips
 from sgmim.train.metrics import MetricsWriter, WindowMeter
 from sgmim.train.optim import LRSchedule, ScheduledLR
-from sgmim.train.sampler import ResumableSampler
+from sgmim.train.sampler import RunSampler
 from sgmim.train.task import TrainTask
 
 log = logging.getLogger("sgmim.train")
@@ -148,8 +148,6 @@ class Trainer:
             log.info("resumed from %s at step %d (lr %.3g)", resume_tag, self.start_step,
                      self.lr(self.start_step))
         self.loss_scaled = ds_config["torch_autocast"]["dtype"] == "float16"
-        self.sampler = ResumableSampler(len(self.dataset), env.rank, env.world_size,
-                                        task.schedule.seed)
         if env.is_main:
             atomic_write_json(self.run_dir / rundir.RUN_INFO, {
                 "total_steps": self.plan.total_steps, "steps_per_epoch": self.plan.steps_per_epoch,
@@ -197,19 +195,16 @@ class Trainer:
         barrier()
         return f"{tag}_universal", True
 
-    def _loader(self, epoch: int, skip: int) -> DataLoader:
-        """One DataLoader for the run; the sampler and the dataset's epoch move on. Workers
-        persist across epochs: the datasets keep their epoch and scene cache in shared memory,
-        so a long-lived worker sees both, and no epoch waits for new workers to start."""
-        self.sampler.set_epoch(epoch, skip)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        if getattr(self, "loader", None) is None:
-            workers = self.task.data_workers
-            self.loader = DataLoader(self.dataset, batch_size=self.task.schedule.batch_size,
-                                     sampler=self.sampler, num_workers=workers, drop_last=True,
-                                     pin_memory=self.env.on_gpu, persistent_workers=workers > 0)
-        return self.loader
+    def _loader(self) -> DataLoader:
+        """One DataLoader pass for the rest of the run: the sampler's `(epoch, index)` keys carry
+        each item's epoch, so no epoch starts with the workers' prefetching restarted."""
+        plan = self.plan
+        sampler = RunSampler(len(self.dataset), self.env.rank, self.env.world_size,
+                             self.task.schedule.seed, plan.steps_per_epoch, plan.samples_per_step,
+                             self.start_step, plan.total_steps)
+        return DataLoader(self.dataset, batch_size=self.task.schedule.batch_size, sampler=sampler,
+                          num_workers=self.task.data_workers, drop_last=True,
+                          pin_memory=self.env.on_gpu)
 
     def fit(self) -> None:
         plan, sch = self.plan, self.task.schedule
@@ -219,19 +214,15 @@ class Trainer:
             before(self.engine, self.metrics)
         meter = self.meter
         epoch_start = time.perf_counter()
-        while step < plan.total_steps:
-            epoch, done_in_epoch = divmod(step, plan.steps_per_epoch)
-            for batch in self._loader(epoch, done_in_epoch * plan.samples_per_step):
-                if not self.train_step(batch, step):
-                    continue
-                step += 1
-                if self._logs_at(step):
-                    self._log(meter, step, plan.total_batch)
-                if sch.checkpoint_every and step % sch.checkpoint_every == 0:
-                    self._check_finite(meter)
-                    self.save(step)
-                if step >= plan.total_steps or step % plan.steps_per_epoch == 0:
-                    break
+        for batch in self._loader():
+            if not self.train_step(batch, step):
+                continue
+            step += 1
+            if self._logs_at(step):
+                self._log(meter, step, plan.total_batch)
+            if sch.checkpoint_every and step % sch.checkpoint_every == 0:
+                self._check_finite(meter)
+                self.save(step)
             if step % plan.steps_per_epoch == 0:
                 self._check_finite(meter)
                 elapsed = time.perf_counter() - epoch_start

@@ -189,6 +189,9 @@ def test_training_items_are_deterministic_per_epoch():
     b.set_epoch(3)
     assert not torch.equal(a[1]["image"], b[1]["image"])
     assert a[1]["depth"].shape == (1, 24, 24)
+    # the trainer's (epoch, index) keys give the item of that epoch, whatever set_epoch says
+    keyed = b[(2, 1)]
+    assert torch.equal(keyed["image"], a[1]["image"]) and torch.equal(keyed["depth"], a[1]["depth"])
 
 
 def test_corrupt_ground_truth_is_skipped_and_counted(kitti_root, caplog):

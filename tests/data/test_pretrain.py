@@ -89,6 +89,16 @@ def test_item_is_a_function_of_seed_epoch_and_index(masks):
     assert not torch.equal(a["image"], other_seed[5]["image"])
 
 
+def test_an_epoch_key_gives_that_epochs_item_whatever_the_set_epoch(masks):
+    dataset = synthetic(masks)
+    for epoch in (0, 3):
+        dataset.set_epoch(epoch)
+        expected = dataset[5]
+        dataset.set_epoch(7)
+        keyed = dataset[(epoch, 5)]
+        assert all(torch.equal(keyed[k], expected[k]) for k in expected), f"epoch {epoch}"
+
+
 def test_workers_see_set_epoch_and_match_the_main_process(masks):
     dataset = synthetic(masks)
     loader = DataLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True)

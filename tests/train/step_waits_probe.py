@@ -4,7 +4,9 @@ inside `Trainer.train_step` only, every call that makes the host wait for the de
 On the CPU nothing waits, so the probe records the calls that would: reads of tensor values on
 the host (item, tolist, bool/float/int, numpy, cpu), tensors made from host values (each a copy
 that waits for the work queued before it), data-dependent shapes (nonzero, boolean indexing),
-and DeepSpeed's explicit device synchronisations. Prints one JSON line per spec.
+and DeepSpeed's explicit device synchronisations. It also counts the DataLoader passes over
+the training data during `Trainer.fit` (each pass restarts the workers' prefetching). Prints one
+JSON line per spec.
 
     python tests/train/step_waits_probe.py RUNS_DIR SPEC [SPEC ...]
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from deepspeed.accelerator import get_accelerator
 from deepspeed.runtime.engine import DeepSpeedEngine
+from torch.utils.data import DataLoader
 
 from sgmim.spec import load_spec
 from sgmim.train import trainer as trainer_module
@@ -32,6 +35,8 @@ DATA_DEPENDENT = {torch.nonzero, torch.Tensor.nonzero, torch.masked_select,
 waits: collections.Counter = collections.Counter()
 steps = 0
 allreduces = 0  # DeepSpeed's gradient all-reduce outside ZeRO
+loader_passes = 0
+fitting: list = []  # the Trainer inside fit()
 
 
 def caller() -> str:
@@ -79,6 +84,26 @@ def record_train_step() -> None:
     trainer_module.Trainer.train_step = recorded
 
 
+def count_loader_passes() -> None:
+    fit, iterate = trainer_module.Trainer.fit, DataLoader.__iter__
+
+    def fitting_trainer(self):
+        fitting.append(self)
+        try:
+            return fit(self)
+        finally:
+            fitting.pop()
+
+    def counted(self):
+        global loader_passes
+        if fitting and self.dataset is fitting[-1].dataset:
+            loader_passes += 1
+        return iterate(self)
+
+    trainer_module.Trainer.fit = fitting_trainer
+    DataLoader.__iter__ = counted
+
+
 def count_allreduce() -> None:
     fallback = DeepSpeedEngine.buffered_allreduce_fallback
 
@@ -91,17 +116,19 @@ def count_allreduce() -> None:
 
 
 def main() -> None:
-    global steps, allreduces
+    global steps, allreduces, loader_passes
     runs = Path(sys.argv[1])
     record_synchronize()
     record_train_step()
     count_allreduce()
+    count_loader_passes()
     for spec_path in map(Path, sys.argv[2:]):
         waits.clear()
-        steps = allreduces = 0
+        steps = allreduces = loader_passes = 0
         code = run(load_spec(spec_path), runs / spec_path.stem)
         print(json.dumps({"spec": spec_path.name, "exit": int(code), "steps": steps,
-                          "allreduces": allreduces, "waits": dict(waits)}), flush=True)
+                          "allreduces": allreduces, "loader_passes": loader_passes,
+                          "waits": dict(waits)}), flush=True)
 
 
 if __name__ == "__main__":

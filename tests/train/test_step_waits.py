@@ -1,5 +1,6 @@
 """A training step never makes the host wait for the device, so the host queues the next step's
-work while the GPU runs this one (issue 13). The GPU's own detector is torch's
+work while the GPU runs this one (issue 13), and no epoch starts with the loader's prefetching
+restarted. The GPU's own detector is torch's
 `set_sync_debug_mode`; here, on the CPU, step_waits_probe.py records every call that would wait
 there, inside the real trainer's step, for each job kind on one process (ZeRO stage 0)."""
 
@@ -43,7 +44,7 @@ def short_spec(example: str, folder: Path, accumulation: int = 1) -> Path:
 
 
 @pytest.mark.slow
-def test_a_training_step_never_waits_for_the_device(tmp_path):
+def test_a_training_step_never_waits_for_the_device_nor_an_epoch_for_the_loader(tmp_path):
     # pretraining accumulates 2 micro-batches per step: the steps between updates too
     specs = [short_spec("pretrain-tiny", tmp_path, accumulation=2),
              short_spec("finetune-depth-tiny", tmp_path), short_spec("finetune-seg-tiny", tmp_path)]
@@ -61,6 +62,10 @@ def test_a_training_step_never_waits_for_the_device(tmp_path):
         # each used to wait here; one process has no gradient to all-reduce either
         assert report["waits"] == {}, report
         assert report["allreduces"] == 0, report
+        # several epochs, read in one DataLoader pass
+        info = json.loads((tmp_path / "runs" / Path(report["spec"]).stem / rundir.RUN_INFO).read_text())
+        assert info["total_steps"] > info["steps_per_epoch"], info
+        assert report["loader_passes"] == 1, report
 
 
 def gradients(*norms: float) -> list[torch.nn.Parameter]:

@@ -57,10 +57,10 @@ def test_two_process_zero2_kill_and_resume(tmp_path):
     assert (run_dir / "export" / "encoder.safetensors").exists()
 
 
-def test_loader_workers_persist_across_epochs_and_change_nothing(tmp_path):
-    """Data is a function of (seed, epoch, index): a persistent loader worker must see each new
-    epoch (shared in memory), so the losses equal those of the in-process loader. The two runs
-    share nothing, so they run side by side."""
+def test_loader_workers_change_nothing_across_epochs(tmp_path):
+    """Data is a function of (seed, epoch, index): a loader worker reading the whole run in one
+    pass takes each item's epoch from its key, so the losses equal those of the in-process
+    loader. The two runs share nothing, so they run side by side."""
 
     def losses(workers: int) -> list[float]:
         spec = tiny_spec(tmp_path, f"spec{workers}.yaml", data={"num_images": 64, "num_workers": workers},
