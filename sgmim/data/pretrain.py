@@ -18,7 +18,7 @@ from sgmim.data.errors import SkipPolicy
 from sgmim.data.image_folder import ImageFolderSource
 from sgmim.data.synthetic import split_seeds
 from sgmim.data.synthetic.source import CachedScenes
-from sgmim.data.transforms import SMOOTH, augment_pair, image_to_tensor, normalize, to_uint8
+from sgmim.data.transforms import SMOOTH, as_unit_float, augment_pair, normalize, to_uint8
 from sgmim.spec.data import PretrainDataConfig, Size
 
 MaskFn = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -71,18 +71,16 @@ class PretrainDataset(EpochDataset):
         epoch, index = self.epoch_and_index(key)
         rng = np.random.default_rng([self.cfg.seed, epoch, index])
         _, (rgb, depth) = self.policy.load(index, len(self.source), self.source.load)
-        compact = self.compact
-        # Resized crop and flip work on uint8 pixels as well; photometric jitter needs floats.
+        # The crop and flip resample uint8 pixels (torch's fast path, and the compact batch's
+        # values); jitter and normalisation then work on [0, 1] floats of the crop only.
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        if not compact or self.cfg.augment.color_jitter > 0:
-            image = image_to_tensor(rgb)
         sample = {"image": image, "depth": torch.tensor(depth)[None]}
         sample = augment_pair(sample, {"image": SMOOTH, "depth": SMOOTH}, rng, self.cfg.augment, self.size)
         image_mask, struct_mask = self.mask_generator(rng)
-        if compact:
+        if self.compact:
             image, depth = to_uint8(sample["image"]), sample["depth"].half()
         else:
-            image, depth = normalize(sample["image"]), sample["depth"]
+            image, depth = normalize(as_unit_float(sample["image"])), sample["depth"]
         return {
             "image": image.contiguous(),
             "depth": depth.contiguous(),

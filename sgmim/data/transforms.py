@@ -50,6 +50,11 @@ def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
 
 
+def as_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) image as float32 in [0, 1]: uint8 pixels divided by 255, floats kept."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+
+
 def normalize(image: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of a (3, H, W) image in [0, 1]."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -141,11 +146,12 @@ def hflip(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def photometric(image: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
-    """Brightness, contrast, saturation and per-channel gain, each in [1 - s, 1 + s]; image only."""
+    """Brightness, contrast, saturation and per-channel gain, each in [1 - s, 1 + s]; image only
+    (uint8 pixels or [0, 1] floats in, [0, 1] floats out)."""
     if strength <= 0:
         return image
     low, high = 1.0 - strength, 1.0 + strength
-    image = image * rng.uniform(low, high)
+    image = as_unit_float(image) * rng.uniform(low, high)
     grey = image.mean()
     image = grey + (image - grey) * rng.uniform(low, high)
     luma = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]

@@ -52,12 +52,13 @@ def test_compact_items_ship_uint8_pixels_and_float16_depth(masks):
 
 @pytest.mark.parametrize(("augment", "pixel_tolerance"), [
     (NO_AUGMENT, 0.0),                       # no resampling: the very same pixels
-    (AugmentConfig(color_jitter=0.3), 0.5),  # resized, jittered: rounded to whole pixel values
+    (AugmentConfig(), 0.0),                  # resized and flipped: both resample uint8 pixels
+    (AugmentConfig(color_jitter=0.3), 0.5),  # jittered: compact rounds to whole pixel values
 ])
 def test_device_normalisation_matches_the_cpu_path(masks, augment, pixel_tolerance):
     """The compact batch normalised where the trainer does it (`normalize_pixels` on the batch's
-    device, here the CPU) is the float32 path's batch: exactly without resampling, else within
-    the rounding to uint8 (half a pixel step)."""
+    device, here the CPU) is the float32 path's batch: exactly without jitter (both paths crop
+    and resize the uint8 pixels), else within the rounding to uint8 (half a pixel step)."""
     from sgmim.data.transforms import normalize_pixels
 
     compact = synthetic(masks, augment=augment, transfer="compact")
