@@ -33,7 +33,8 @@ def _parse_size(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-DEFAULT_SIZE = 192
+DEFAULT_SIZE = 192   # the fine-tuning scenes' default render size too
+SceneSize = int | tuple[int, int]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -41,31 +42,79 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _scene_settings(scene: Path | None, assignments: list[str]) -> SyntheticConfig:
+def _scene_settings(scene: Path | None, assignments: list[str]) -> tuple[SyntheticConfig, SceneSize | None]:
     """The `synthetic:` block of `scene` (default: a spec's defaults) with the `--set`
-    assignments applied inside it, validated as a job spec's; invalid: exit 2."""
+    assignments applied inside it, validated as a job spec's; invalid: exit 2. With a whole job
+    spec, the block of its data section and the size the job renders its scenes at."""
     from sgmim.spec import (
         SceneFile,
         SpecError,
-        SyntheticConfig,
-        apply_overrides,
         parse_section,
         read_spec_data,
     )
 
     try:
-        data = read_spec_data(scene, "a synthetic: block") if scene is not None else {}
-        if data.get("synthetic") is None:
-            data["synthetic"] = {}
-        if isinstance(data["synthetic"], dict):  # otherwise validation names the bad block
-            apply_overrides(data["synthetic"], assignments, root=SyntheticConfig)
-        return parse_section(SceneFile, data).synthetic
+        data = read_spec_data(scene, "a synthetic: block or a job spec") if scene is not None else {}
+        if "kind" in data and "config" in data:
+            return _job_scene_settings(data, assignments)
+        _set_inside_block(data, assignments)
+        return parse_section(SceneFile, data).synthetic, None
     except SpecError as exc:
         _fail(f"invalid scene settings: {exc}", code=2)
 
 
-def _image_shape(size: str | None, render_size: int | tuple[int, int] | None) -> tuple[int, int]:
-    """--size, else the scene settings' render_size, else DEFAULT_SIZE, as (height, width)."""
+def _set_inside_block(holder: dict, assignments: list[str]) -> None:
+    """Apply the `--set` assignments inside `holder`'s `synthetic:` block (an empty one if it
+    has none); a block that is not a mapping is left for validation to name."""
+    from sgmim.spec import SyntheticConfig, apply_overrides
+
+    if holder.get("synthetic") is None:
+        holder["synthetic"] = {}
+    if isinstance(holder["synthetic"], dict):
+        apply_overrides(holder["synthetic"], assignments, root=SyntheticConfig)
+
+
+def _job_scene_settings(job: dict, assignments: list[str]) -> tuple[SyntheticConfig, SceneSize]:
+    """A job spec's `config.data.synthetic` block (with the assignments inside it) and the size
+    its synthetic source renders at: `render_size`, else the pretraining encoder's input size,
+    else the fine-tuning scenes' default. Only the config is validated: a fine-tuning spec's
+    parent is given when it is submitted."""
+    from sgmim.spec import (
+        EvaluateConfig,
+        FinetuneConfig,
+        PretrainConfig,
+        SpecError,
+        parse_section,
+    )
+
+    configs = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig}
+    kind, config = job["kind"], job["config"] if job["config"] is not None else {}
+    if not isinstance(kind, str) or kind not in configs:
+        raise SpecError([("kind", f"unknown job kind {kind!r}: expected one of {', '.join(configs)}")])
+    if isinstance(config, dict) and config.get("data") is None and kind != "evaluate":
+        config["data"] = {}   # the defaults: synthetic scenes
+    section = config.get("data") if isinstance(config, dict) else None
+    if isinstance(section, dict):
+        _set_inside_block(section, assignments)
+    try:
+        parsed = parse_section(configs[kind], config)
+    except SpecError as exc:  # paths from the spec's root, as `sgmim train` names them
+        raise SpecError([(f"config.{path}" if path else path, msg) for path, msg in exc.errors],
+                        exc.types) from None
+    data = parsed.data
+    if data is None:
+        raise SpecError([("config.data", f"this {kind} job has no data section of its own: it "
+                                         "evaluates on its parent's data")])
+    source = data.source if kind == "pretrain" else data.dataset
+    if source != "synthetic":
+        raise SpecError([("config.data", f"this {kind} job reads {source} data, not synthetic scenes")])
+    job_size = parsed.model.encoder.img_size if kind == "pretrain" else DEFAULT_SIZE
+    return data.synthetic, data.synthetic.render_size or job_size
+
+
+def _image_shape(size: str | None, render_size: SceneSize | None) -> tuple[int, int]:
+    """--size, else the scene settings' render_size (a job spec's: the size the job renders
+    at), else DEFAULT_SIZE, as (height, width)."""
     if size is not None:
         return _parse_size(size)
     side = render_size or DEFAULT_SIZE
@@ -102,15 +151,17 @@ def synth(
                                              "spec's data.seed)"),
     workers: int = typer.Option(1, min=1, help="processes rendering in parallel"),
     scene: Path | None = typer.Option(None, "--scene", help="YAML or JSON file holding a `synthetic:` "
-                                                            "block, as a job spec's data section takes"),
+                                                            "block (as a job spec's data section, or a "
+                                                            "folder's meta.json, has it) or a whole job "
+                                                            "spec, whose scenes and size it renders"),
     assignments: list[str] = typer.Option(
         [], "--set", help="key.path=value inside the synthetic block, applied after --scene, "
                           "e.g. geometry.room_side=[3,5] or num_objects=[0,2]"),
 ) -> None:
     """Render procedural indoor scenes into the image-folder layout, with a job spec's scene
     settings: the same seeds and settings give the scenes a training job's synthetic source draws."""
-    synthetic = _scene_settings(scene, assignments)
-    shape = _image_shape(size, synthetic.render_size)
+    synthetic, job_size = _scene_settings(scene, assignments)
+    shape = _image_shape(size, job_size or synthetic.render_size)
 
     def action() -> None:
         from sgmim.data.synthetic.export import render_into, start_synthetic_dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,54 @@ def test_synth_with_a_jobs_scene_settings_writes_the_scenes_its_synthetic_source
     for name, scene in written.items():
         assert not np.array_equal(scene["images"], defaults[name]["images"])
         assert not np.array_equal(scene["gt_depth"], defaults[name]["gt_depth"])
+
+
+JOBS = Path(__file__).parents[2] / "examples" / "jobs"
+
+
+def test_synth_from_a_job_spec_renders_the_scenes_and_size_that_job_trains_on(tmp_path):
+    job = yaml.safe_load((JOBS / "pretrain-tiny.yaml").read_text())
+    job["config"]["data"]["synthetic"] = {"num_objects": [1, 2], "cache_mb": 0, "disk_cache": False}
+    spec = tmp_path / "pretrain.yaml"
+    spec.write_text(yaml.safe_dump(job))
+    result = synth(tmp_path / "out", "--scene", str(spec), "--set", "geometry.room_side=[3, 4]")
+    assert result.exit_code == 0, result.output
+
+    # no --size and no render_size: the job renders at its encoder's input, 64 px
+    block = {**job["config"]["data"]["synthetic"], "geometry": {"room_side": [3, 4]}}
+    source = SyntheticSource(PretrainDataConfig(num_images=3, seed=5, synthetic=block), (64, 64), "val")
+    written = read_folder(tmp_path / "out")
+    assert sorted(written) == [source.name(i) for i in range(3)]
+    for i in range(3):
+        np.testing.assert_array_equal(written[source.name(i)]["images"], source.get(i)["rgb"])
+
+
+def test_synth_from_a_fine_tuning_spec_takes_its_render_size_without_its_parent(tmp_path):
+    result = synth(tmp_path / "out", "--scene", str(JOBS / "finetune-depth-tiny.yaml"))
+    assert result.exit_code == 0, result.output   # init: parent, and no parent: not needed here
+    images = sorted((tmp_path / "out" / "images").glob("*.png"))
+    assert len(images) == 3
+    with Image.open(images[0]) as image:
+        assert image.size == (64, 64), "the spec's render_size"
+
+
+@pytest.mark.parametrize(("job", "assignment", "message"), [
+    ({"kind": "finetune", "config": {"data": {"dataset": "kitti", "root": "/data/kitti"}}}, None,
+     "config.data: this finetune job reads kitti data, not synthetic scenes"),
+    ({"kind": "evaluate", "config": {"init": "parent"}}, None,
+     "config.data: this evaluate job has no data section of its own"),
+    ({"kind": "pretrain", "config": {}}, "geometry.room_height=[1, 2]",
+     "config.data.synthetic.geometry.room_height: room_height must be (low, high) inside [2.4, 10]"),
+    ({"kind": "study", "config": {}}, None, "kind: unknown job kind 'study'"),
+])
+def test_synth_refuses_a_job_spec_without_usable_scenes_in_one_line(tmp_path, job, assignment, message):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({"name": "x", **job}))
+    result = synth(tmp_path / "out", "--scene", str(spec), *(["--set", assignment] if assignment else []))
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: invalid scene settings: {message}"), line
+    assert not (tmp_path / "out").exists(), "nothing is written"
 
 
 def spec_message(synthetic: dict) -> str:
