@@ -283,6 +283,7 @@ def main() -> None:
     device = torch.device("cuda" if args.gpu else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     models = GPU_MODELS if args.gpu else CPU_MODELS
+    load_before = os.getloadavg()[0]
     print("| model | batch | mode | SimMIM img/s | SG-MIM img/s | SG-MIM / SimMIM |")
     rows = ratio_rows(models, device, args.steps, compile_too=True)
     overhead = []
@@ -292,7 +293,8 @@ def main() -> None:
                         f"{full:.1f} | {full / bare:.3f} | {100 * (1 - full / bare):.1f}% |")
         print(overhead[-1], flush=True)
     body = f"""Machine: {machine()}; torch {torch.__version__}; {today()}.
-Command: `.venv/bin/python benchmarks/train_bench.py{' --gpu' if args.gpu else ''}`.
+Command: `.venv/bin/python benchmarks/train_bench.py{' --gpu' if args.gpu else ''}`. 1-minute load
+average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after (the run's own work).
 
 ### SG-MIM / SimMIM step throughput (target ≥ 0.95)
 
