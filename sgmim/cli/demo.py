@@ -146,7 +146,8 @@ def demo_study(data_dir: Path, size: DemoSize):
     pretrain = ["config.data.source=image_folder", f"config.data.root={data_dir / 'train'}",
                 f"config.data.num_images={size.train_images}",
                 f"config.schedule.epochs={size.pretrain_epochs}", "config.schedule.checkpoint_every=null"]
-    finetune = ["config.data.dataset=folder", f"config.data.root={data_dir}",
+    # num_images=null: the whole rendered folder (the example's 128 would cap a bigger demo)
+    finetune = ["config.data.dataset=folder", f"config.data.root={data_dir}", "config.data.num_images=null",
                 "config.data.train_split=train", "config.data.val_split=val",
                 f"config.schedule.epochs={size.finetune_epochs}"]
     # an evaluate job reads the fine-tuning job's data section from the model it evaluates
