@@ -95,7 +95,7 @@ def _job_scene_settings(job: dict, assignments: list[str]) -> tuple[SyntheticCon
         config["data"] = {}   # the defaults: synthetic scenes
     section = config.get("data") if isinstance(config, dict) else None
     if isinstance(section, dict):
-        _set_inside_block(section, assignments)
+        _set_inside_block(section, [_inside_job_block(a) for a in assignments])
     try:
         parsed = parse_section(configs[kind], config)
     except SpecError as exc:  # paths from the spec's root, as `sgmim train` names them
@@ -110,6 +110,25 @@ def _job_scene_settings(job: dict, assignments: list[str]) -> tuple[SyntheticCon
         raise SpecError([("config.data", f"this {kind} job reads {source} data, not synthetic scenes")])
     job_size = parsed.model.encoder.img_size if kind == "pretrain" else DEFAULT_SIZE
     return data.synthetic, data.synthetic.render_size or job_size
+
+
+JOB_BLOCK = "config.data.synthetic."
+
+
+def _inside_job_block(assignment: str) -> str:
+    """An assignment inside the block, written as `sgmim submit --set` would for the job spec
+    (`config.data.synthetic.render_size=96`) or inside the block (`render_size=96`); any other
+    path of the job spec is not a scene setting."""
+    from sgmim.spec import SpecError
+
+    if assignment.startswith(JOB_BLOCK):
+        return assignment[len(JOB_BLOCK):]
+    if assignment.startswith("config."):
+        key = assignment.partition("=")[0]
+        raise SpecError([("", f"--set {assignment!r}: {key} is not a scene setting; --set takes "
+                              f"paths inside the synthetic block (e.g. render_size=96, or "
+                              f"{JOB_BLOCK}render_size=96)")])
+    return assignment
 
 
 def _image_shape(size: str | None, render_size: SceneSize | None) -> tuple[int, int]:
@@ -155,7 +174,8 @@ def synth(
                                                             "folder's meta.json, has it) or a whole job "
                                                             "spec, whose scenes and size it renders"),
     assignments: list[str] = typer.Option(
-        [], "--set", help="key.path=value inside the synthetic block, applied after --scene, "
+        [], "--set", help="key.path=value inside the synthetic block, applied after --scene "
+                          "(with a job spec, config.data.synthetic.key.path=value too), "
                           "e.g. geometry.room_side=[3,5] or num_objects=[0,2]"),
 ) -> None:
     """Render procedural indoor scenes into the image-folder layout, with a job spec's scene

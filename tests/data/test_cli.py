@@ -133,6 +133,28 @@ def test_synth_from_a_fine_tuning_spec_takes_its_render_size_without_its_parent(
         assert image.size == (64, 64), "the spec's render_size"
 
 
+def test_synth_from_a_job_spec_takes_set_paths_as_submit_writes_them(tmp_path):
+    """With a whole job spec, `config.data.synthetic.x=v` (the path `sgmim submit --set` takes)
+    sets what `x=v` sets; another path of the spec is no scene setting, said in one line."""
+    spec = str(JOBS / "pretrain-tiny.yaml")
+    inside = synth(tmp_path / "inside", "--scene", spec, "--set", "render_size=48")
+    full = synth(tmp_path / "full", "--scene", spec, "--set", "config.data.synthetic.render_size=48")
+    assert (inside.exit_code, full.exit_code) == (0, 0), inside.output + full.output
+    written, expected = read_folder(tmp_path / "full"), read_folder(tmp_path / "inside")
+    assert written.keys() == expected.keys()
+    for name, scene in written.items():
+        assert scene["images"].shape[:2] == (48, 48)
+        np.testing.assert_array_equal(scene["images"], expected[name]["images"])
+
+    other = synth(tmp_path / "other", "--scene", spec, "--set", "config.data.seed=3")
+    assert other.exit_code == 2, other.output
+    assert other.stderr.splitlines() == [
+        "error: invalid scene settings: --set 'config.data.seed=3': config.data.seed is not a scene "
+        "setting; --set takes paths inside the synthetic block (e.g. render_size=96, or "
+        "config.data.synthetic.render_size=96)"]
+    assert not (tmp_path / "other").exists(), "nothing is written"
+
+
 @pytest.mark.parametrize(("job", "assignment", "message"), [
     ({"kind": "finetune", "config": {"data": {"dataset": "kitti", "root": "/data/kitti"}}}, None,
      "config.data: this finetune job reads kitti data, not synthetic scenes"),
