@@ -13,14 +13,25 @@ from sgmim.spec.model import SIMMIM_VIT_LAYOUT
 EXAMPLES = sorted(Path(__file__).parents[2].joinpath("examples", "jobs").glob("*.yaml"))
 
 
+def parse_example(path: Path):
+    """An example spec as submitted (a fine-tuning or evaluation job with its parent given)."""
+    if path.name.startswith(("finetune", "evaluate")):
+        return parse_spec(apply_overrides(read_spec_data(path), ["parent.job_id=parent-job"]))
+    return load_spec(path)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_spec_validates(path):
-    if path.name.startswith(("finetune", "evaluate")):
-        data = apply_overrides(read_spec_data(path), ["parent.job_id=parent-job"])
-        spec = parse_spec(data)
-    else:
-        spec = load_spec(path)
-    assert spec.name
+    assert parse_example(path).name
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_trains_zero_0_on_one_process_and_zero_2_on_several(path):
+    """ZeRO has nothing to shard in one process and its partitioning only costs time there."""
+    deepspeed = getattr(parse_example(path).config, "deepspeed", None)
+    if deepspeed is None:
+        pytest.skip("an evaluate job does not train")
+    assert (deepspeed.resolved_zero_stage(1), deepspeed.resolved_zero_stage(8)) == (0, 2)
 
 
 def example(name: str):
