@@ -9,6 +9,7 @@ and a second attempt, or the next job of the same shape, finds them. A run elsew
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 CACHE_ENV = "SGMIM_CACHE_DIR"
@@ -33,5 +34,15 @@ def use_cache_root(run_dir: Path) -> Path:
     root = cache_root(run_dir)
     os.environ[CACHE_ENV] = str(root)
     for name, sub in COMPILER_CACHE_ENVS.items():
-        os.environ.setdefault(name, str(root / sub))
+        if name not in os.environ or _torch_default(name):
+            os.environ[name] = str(root / sub)
     return root
+
+
+def _torch_default(name: str) -> bool:
+    """Whether the variable holds torch's own default rather than the user's choice: importing
+    torch._dynamo (timm does) writes inductor's default directory into the environment."""
+    utils = sys.modules.get("torch._inductor.runtime.cache_dir_utils")
+    if name != "TORCHINDUCTOR_CACHE_DIR" or utils is None:
+        return False
+    return os.path.abspath(os.environ[name]) == os.path.abspath(utils.default_cache_dir())

@@ -89,16 +89,22 @@ def test_a_run_points_the_compilers_at_the_cache_root(tmp_path):
             "use_cache_root(Path(sys.argv[1])); "
             "print(os.environ['SGMIM_CACHE_DIR'], os.environ['TORCHINDUCTOR_CACHE_DIR'], "
             "os.environ['TRITON_CACHE_DIR'])")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SGMIM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    out = subprocess.run([sys.executable, "-c", code, str(run_dir)], env=env, capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout.split()
+    out = run_python(code, run_dir).stdout.split()
     root = tmp_path / "artifacts" / "cache"
     assert out == [str(root), str(root / "inductor"), str(root / "triton")]
-    env["TORCHINDUCTOR_CACHE_DIR"] = "/mine"
-    out = subprocess.run([sys.executable, "-c", code, str(run_dir)], env=env, capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout.split()
+    out = run_python(code, run_dir, TORCHINDUCTOR_CACHE_DIR="/mine").stdout.split()
     assert out[1] == "/mine"
+
+
+def run_python(code: str, run_dir: Path, **exported: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter with `run_dir` as its argument, no cache variable set but
+    `exported`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SGMIM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    done = subprocess.run([sys.executable, "-c", code, str(run_dir)], env={**env, **exported},
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def test_inductor_uses_the_cache_root(tmp_path, monkeypatch):
@@ -109,6 +115,25 @@ def test_inductor_uses_the_cache_root(tmp_path, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     assert Path(cache_dir()) == tmp_path / "cache" / "inductor"
+
+
+def test_kernels_compiled_after_the_trainer_imports_land_in_the_cache_root(tmp_path):
+    """In the order `sgmim.train.run` takes: the trainer's modules first (timm imports
+    torch._dynamo, which writes inductor's default directory into the environment), then the
+    run's cache root, then a compile. The compiled graph must land under the cache root, where
+    the next job of the same shape finds it, not in torch's default under /tmp."""
+    run_dir = tmp_path / "artifacts" / "jobs" / "abc123"
+    code = ("import os, sys; from pathlib import Path; import torch\n"
+            "import sgmim.train.run, sgmim.train.trainer\n"
+            "from sgmim.caches import use_cache_root\n"
+            "use_cache_root(Path(sys.argv[1]))\n"
+            "double = torch.compile(lambda x: x * 2 + 1, dynamic=False)\n"
+            "assert double(torch.ones(3)).tolist() == [3.0, 3.0, 3.0]\n"
+            "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])")
+    done = run_python(code, run_dir)
+    inductor = tmp_path / "artifacts" / "cache" / "inductor"
+    assert done.stdout.split() == [str(inductor)]
+    assert list((inductor / "fxgraph").rglob("*")), "the compiled graph was cached elsewhere"
 
 
 def test_swin_attention_runs_through_fused_sdpa_with_the_same_result():
