@@ -88,6 +88,23 @@ def test_gpu_check_arguments():
     assert re.findall(r"would run phase (\S+)", done.stdout) == ["step-eager", "service"]
 
 
+def test_cpu_smoke_runs_the_compiled_steps_only_when_named():
+    """The CPU smoke test leaves the compiled steps out of its default phases (inductor's C++
+    build takes minutes each), but runs them when --phases names them: that is how the compiled
+    paths are rehearsed on another torch before a GPU run."""
+    compiled = {"step-compiled", "step-model", "step-cudagraphs"}
+    done = bash(GPU_CHECK, "--cpu-smoke", "--dry-run", "--python", sys.executable)
+    assert done.returncode == 0, done.stderr
+    planned = re.findall(r"would run phase (\S+)", done.stdout)
+    assert "train-sgmim" in planned and not compiled & set(planned)
+    done = bash(GPU_CHECK, "--cpu-smoke", "--dry-run", "--python", sys.executable,
+                "--phases", "step-compiled,step-model,step-cudagraphs,train-sgmim")
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"would run phase (\S+)", done.stdout) == \
+        ["step-compiled", "step-model", "step-cudagraphs", "train-sgmim"]
+    assert re.search(r"phase step-model .* step --variant model --steps 4 ", done.stdout)
+
+
 @pytest.mark.parametrize("variant", ["sgmim", "simmim"])
 def test_specs_are_the_papers_setting(variant):
     from sgmim.spec import parse_spec
