@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +126,16 @@ class Trainer:
             compiled = "model"
         mode = task.deepspeed.compile_mode
         if compiled == "blocks":
-            log.info("torch.compile (mode %s): %d regions (blocks and the glue between them) "
-                     "compiled one by one", mode, compile_regions(model, mode=mode))
+            log.info("torch.compile (mode %s): %d regions (blocks and the glue between them), "
+                     "each compiled on its own", mode, compile_regions(model, mode=mode))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                     lr_scheduler=scheduler, config=ds_config)
         if compiled == "model":
             self.engine.compile(compile_kwargs={"mode": mode})
+        self.compiled = compiled
+        if compiled:
+            log.info("torch.compile works during the first step: minutes with a cold cache, "
+                     "seconds with a warm one (cache: %s)", os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
         self.cuda_graphs = bool(compiled) and uses_cuda_graphs(mode, env.on_gpu)
         if env.world_size == 1 and self.zero_stage == 0:
             # One process has nothing to reduce, yet DeepSpeed would copy every gradient into a
@@ -214,10 +219,19 @@ class Trainer:
             before(self.engine, self.metrics)
         meter = self.meter
         epoch_start = time.perf_counter()
+        first_step_s = 0.0 if self.compiled else None  # the micro-batches' host time, no loading
         for batch in self._loader():
-            if not self.train_step(batch, step):
+            started = time.perf_counter()
+            stepped = self.train_step(batch, step)
+            if first_step_s is not None:
+                first_step_s += time.perf_counter() - started
+            if not stepped:
                 continue
             step += 1
+            if first_step_s is not None:
+                # host time, no wait for the device: compiling happens on the host
+                log.info("first step done in %.1f s, torch.compile included", first_step_s)
+                first_step_s = None
             if self._logs_at(step):
                 self._log(meter, step, plan.total_batch)
             if sch.checkpoint_every and step % sch.checkpoint_every == 0:
