@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -291,6 +292,10 @@ def trainer_figures(run_dir: Path, warmup_steps: int) -> dict:
         figures.update(images_per_s=statistics.harmonic_mean(steady), min=min(steady), max=max(steady))
     if records:
         figures["peak_gib"] = max(r.get("max_mem_gib", 0.0) for r in records)
+    log = run_dir / "train.log"
+    first = re.search(r"first step done in ([\d.]+) s", log.read_text()) if log.exists() else None
+    if first:  # a compiled run's first step, compile included (the trainer logs it)
+        figures["first_step_s"] = float(first.group(1))
     return figures
 
 
@@ -301,6 +306,8 @@ def describe(figures: dict, wall_s: float) -> str:
         text += f" {figures['min']:,.0f}-{figures['max']:,.0f}"
     if figures.get("peak_gib"):
         text += f"; peak {figures['peak_gib']:.1f} GiB"
+    if "first_step_s" in figures:
+        text += f"; first step {figures['first_step_s']:.1f} s (compile)"
     return text + f"; {wall_s:.0f} s in all"
 
 

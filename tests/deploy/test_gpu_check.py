@@ -254,11 +254,18 @@ def test_trainer_figures_of_a_run_dir(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{\"st")
     (tmp_path / "run_info.json").write_text(json.dumps(
         {"zero_stage": 0, "compile": "blocks", "precision": "bfloat16"}))
+    (tmp_path / "train.log").write_text(
+        "2026-12-02 16:04:00 [rank 0] INFO torch.compile works during the first step: ...\n"
+        "2026-12-02 16:04:42 [rank 0] INFO first step done in 41.7 s, torch.compile included\n")
     figures = gpu_phases.trainer_figures(tmp_path, warmup_steps=20)
     assert figures["images_per_s"] == pytest.approx(2 / (1 / 1000 + 1 / 500))
     assert [figures[k] for k in ("min", "max", "windows", "peak_gib")] == [500.0, 1000.0, 2, 19.5]
-    assert gpu_phases.describe(figures, 61.0) == \
-        "ZeRO-0, bfloat16, compile blocks; 2 windows 500-1,000; peak 19.5 GiB; 61 s in all"
+    assert figures["first_step_s"] == 41.7, "the compile time through the trainer, from its log"
+    assert gpu_phases.describe(figures, 61.0) == ("ZeRO-0, bfloat16, compile blocks; 2 windows "
+                                                  "500-1,000; peak 19.5 GiB; first step 41.7 s "
+                                                  "(compile); 61 s in all")
+    (tmp_path / "train.log").unlink()
+    assert "first_step_s" not in gpu_phases.trainer_figures(tmp_path, warmup_steps=20)
     ips = figures.pop("images_per_s")
     record = gpu_phases.write_phase(tmp_path / "phases", "train-sgmim", ips, "d", **figures)
     assert record["zero_stage"] == 0 and record["images_per_s"] == ips
